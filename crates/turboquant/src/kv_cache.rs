@@ -2,8 +2,8 @@
 //!
 //! Keys are stored with [`TurboQuantProd`] (attention logits q·k are inner products, estimated
 //! without bias), values with [`TurboQuantMse`]; queries stay in full precision. A model keeps
-//! one cache per (layer, KV head); the quantizers' random matrices can be shared by cloning one
-//! configured cache's settings (same seed ⇒ same matrices).
+//! one cache per (layer, KV head); caches built from the same config and seed use identical
+//! rotations and QJL matrices (each cache holds its own copy).
 
 use crate::error::{check_finite, check_len, Result};
 use crate::metrics::softmax;
@@ -197,8 +197,9 @@ mod tests {
         d: usize,
         n: usize,
         key_bits: u8,
+        value_bits: u8,
     ) -> (TurboQuantKvCache, Vec<f32>, Vec<f32>, Vec<f32>) {
-        let mut cache = TurboQuantKvCache::new(d, key_bits, 4, 7).unwrap();
+        let mut cache = TurboQuantKvCache::new(d, key_bits, value_bits, 7).unwrap();
         let keys = random_normal(n * d, 1);
         let values = random_normal(n * d, 2);
         for t in 0..n {
@@ -221,7 +222,7 @@ mod tests {
         // 6 bits; check the measurement against that prediction.
         let (d, n) = (64, 200);
         for key_bits in [4u8, 6] {
-            let (cache, keys, _, query) = filled(d, n, key_bits);
+            let (cache, keys, _, query) = filled(d, n, key_bits, 4);
             assert_eq!(cache.len(), n);
             let scale = 1.0 / (d as f32).sqrt();
             let exact: Vec<f32> = (0..n)
@@ -261,20 +262,35 @@ mod tests {
     #[test]
     fn attention_output_and_memory() {
         let (d, n) = (64, 200);
-        let (mut cache, keys, values, query) = filled(d, n, 4);
         let scale = 1.0 / (d as f32).sqrt();
-        let exact: Vec<f32> = (0..n)
-            .map(|t| scale * dot(&query, &keys[t * d..(t + 1) * d]))
-            .collect();
-        let p = softmax(&exact);
-        let mut exact_out = vec![0.0; d];
-        for t in 0..n {
-            crate::linalg::axpy(p[t], &values[t * d..(t + 1) * d], &mut exact_out);
+        let mut cosines = Vec::new();
+        for bits in [4u8, 8] {
+            let (cache, keys, values, query) = filled(d, n, bits, bits);
+            let exact: Vec<f32> = (0..n)
+                .map(|t| scale * dot(&query, &keys[t * d..(t + 1) * d]))
+                .collect();
+            let p = softmax(&exact);
+            let mut exact_out = vec![0.0; d];
+            for t in 0..n {
+                crate::linalg::axpy(p[t], &values[t * d..(t + 1) * d], &mut exact_out);
+            }
+            let out = cache.attend(&query).unwrap();
+            // attend() is softmax(estimated logits) · reconstructed values, exactly.
+            let p_est = softmax(&cache.attention_scores(&query).unwrap());
+            let mut by_hand = vec![0.0; d];
+            for (t, &w) in p_est.iter().enumerate() {
+                crate::linalg::axpy(w, &cache.value(t).unwrap(), &mut by_hand);
+            }
+            for (a, b) in out.iter().zip(&by_hand) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+            cosines.push(cosine_similarity(&exact_out, &out).unwrap());
         }
-        let out = cache.attend(&query).unwrap();
-        let cos = cosine_similarity(&exact_out, &out).unwrap();
-        assert!(cos > 0.98, "output cosine {cos}");
+        // The softmax amplifies logit noise on peaked attention (here three logits ≈ 8 above
+        // the rest): 4 bits keeps the output direction only roughly, 8 bits closely.
+        assert!(cosines[0] > 0.9 && cosines[1] > 0.995, "{cosines:?}");
 
+        let (mut cache, keys, _, query) = filled(d, n, 4, 4);
         // Memory: 4-bit keys = 3-bit MSE + signs; per token (3d + 32 + d + 32 + 4d + 32)/8 bytes.
         assert_eq!(cache.memory_bytes(), n * (8 * d + 96) / 8);
         assert_eq!(cache.f16_bytes(), n * 4 * d);

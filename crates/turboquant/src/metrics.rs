@@ -92,7 +92,10 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 /// contribute 0 and q_i is floored at 1e-30 so the result stays finite.
 pub fn kl_divergence(p: &[f32], q: &[f32]) -> Result<f64> {
     check_len("second distribution", p.len(), q.len())?;
-    if p.iter().chain(q).any(|&v| !(v >= 0.0) || !v.is_finite()) {
+    if p.iter()
+        .chain(q)
+        .any(|&v| v.is_nan() || v < 0.0 || v.is_infinite())
+    {
         return Err(Error::InvalidInput(
             "probabilities must be finite and non-negative".into(),
         ));

@@ -1,7 +1,7 @@
 //! TurboQuant_mse: random rotation, then an optimal scalar quantizer per coordinate.
 //!
 //! For x ∈ R^d the code is (‖x‖ as f32, the codebook index of every coordinate of Π·x/‖x‖),
-//! the indices bit-packed at exactly `bits` bits each. Dequantization is ‖x‖·Πᵀ·c[idx].
+//! the indices bit-packed at exactly `bits` bits each. Dequantization is ‖x‖·Πᵀ·c(idx).
 
 use crate::bitpack;
 use crate::codebook::{Codebook, MAX_BITS, MIN_BITS};
@@ -58,6 +58,13 @@ pub struct MseQuery {
     pub(crate) rotated: Vec<f32>,
 }
 
+impl MseQuery {
+    /// Πq, the query in the quantizer's rotated basis.
+    pub fn rotated(&self) -> &[f32] {
+        &self.rotated
+    }
+}
+
 /// The MSE-optimal TurboQuant quantizer for vectors of dimension `dim` at `bits` bits per
 /// coordinate.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +73,8 @@ pub struct TurboQuantMse {
     bits: u8,
     rotation: Rotation,
     codebook: Codebook,
+    /// The centroids padded to 256 entries, so that a `u8` index needs no bounds check.
+    table: Box<[f32; 256]>,
 }
 
 pub(crate) fn resolve_codebook(kind: &CodebookKind, dim: usize, bits: u8) -> Result<Codebook> {
@@ -109,11 +118,16 @@ impl TurboQuantMse {
         }
         let codebook = resolve_codebook(&options.codebook, dim, bits)?;
         let rotation = Rotation::new(options.rotation, dim, seed)?;
+        let mut table = Box::new([0.0f32; 256]);
+        for (i, t) in table.iter_mut().enumerate() {
+            *t = codebook.value(i as u8);
+        }
         Ok(Self {
             dim,
             bits,
             rotation,
             codebook,
+            table,
         })
     }
 
@@ -168,7 +182,7 @@ impl TurboQuantMse {
         })
     }
 
-    /// Reconstructs x̃ = ‖x‖·Πᵀ·c[idx].
+    /// Reconstructs x̃ = ‖x‖·Πᵀ·c(idx).
     pub fn dequantize(&self, code: &MseCode) -> Result<Vec<f32>> {
         let mut out = vec![0.0; self.dim];
         self.dequantize_into(code, &mut out)?;
@@ -225,7 +239,7 @@ impl TurboQuantMse {
         norm
     }
 
-    /// Writes norm·c[idx] (the reconstruction in the rotated basis) into `out`.
+    /// Writes norm·c(idx) (the reconstruction in the rotated basis) into `out`.
     pub(crate) fn decode_rotated(
         &self,
         norm: f32,
@@ -234,13 +248,13 @@ impl TurboQuantMse {
         out: &mut [f32],
     ) {
         bitpack::unpack_unchecked(packed, self.bits, scratch);
-        let centroids = self.codebook.centroids();
+        let table = &*self.table;
         for (o, &i) in out.iter_mut().zip(scratch.iter()) {
-            *o = norm * centroids[i as usize];
+            *o = norm * table[i as usize];
         }
     }
 
-    /// Adds weight·norm·c[idx] to `acc` (rotated basis).
+    /// Adds weight·norm·c(idx) to `acc` (rotated basis).
     pub(crate) fn accumulate_rotated(
         &self,
         weight: f32,
@@ -250,14 +264,14 @@ impl TurboQuantMse {
         acc: &mut [f32],
     ) {
         bitpack::unpack_unchecked(packed, self.bits, scratch);
-        let centroids = self.codebook.centroids();
+        let table = &*self.table;
         let w = weight * norm;
         for (a, &i) in acc.iter_mut().zip(scratch.iter()) {
-            *a += w * centroids[i as usize];
+            *a += w * table[i as usize];
         }
     }
 
-    /// ⟨q_rot, norm·c[idx]⟩.
+    /// ⟨q_rot, norm·c(idx)⟩.
     pub(crate) fn score(
         &self,
         rotated_query: &[f32],
@@ -266,20 +280,23 @@ impl TurboQuantMse {
         scratch: &mut [u8],
     ) -> f32 {
         bitpack::unpack_unchecked(packed, self.bits, scratch);
-        let centroids = self.codebook.centroids();
-        let mut acc = [0.0f32; 4];
-        let chunks = rotated_query.chunks_exact(4);
-        let tail: f32 = chunks
-            .remainder()
-            .iter()
-            .zip(&scratch[rotated_query.len() / 4 * 4..])
-            .map(|(q, &i)| q * centroids[i as usize])
-            .sum();
-        for (q, idx) in chunks.zip(scratch.chunks_exact(4)) {
-            for k in 0..4 {
-                acc[k] += q[k] * centroids[idx[k] as usize];
+        let table = &*self.table;
+        const LANES: usize = 8;
+        let mut acc = [0.0f32; LANES];
+        let split = rotated_query.len() / LANES * LANES;
+        for (q, idx) in rotated_query[..split]
+            .chunks_exact(LANES)
+            .zip(scratch[..split].chunks_exact(LANES))
+        {
+            for k in 0..LANES {
+                acc[k] += q[k] * table[idx[k] as usize];
             }
         }
+        let tail: f32 = rotated_query[split..]
+            .iter()
+            .zip(&scratch[split..])
+            .map(|(q, &i)| q * table[i as usize])
+            .sum();
         norm * (acc.iter().sum::<f32>() + tail)
     }
 }

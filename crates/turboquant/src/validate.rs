@@ -21,7 +21,7 @@ pub const PAPER_IP: [f64; 4] = [1.57, 0.56, 0.18, 0.047];
 pub struct ValidationConfig {
     /// Vector dimension (default 128).
     pub dim: usize,
-    /// Random unit vectors x (and as many independent unit queries y) (default 2000).
+    /// Random unit vectors x (and as many independent unit queries y) (default 4000).
     pub vectors: usize,
     /// Bit widths, each in 1..=8 (default 1..=4).
     pub bits: Vec<u8>,
@@ -35,7 +35,7 @@ impl Default for ValidationConfig {
     fn default() -> Self {
         Self {
             dim: 128,
-            vectors: 2000,
+            vectors: 4000,
             bits: vec![1, 2, 3, 4],
             rotation: RotationKind::Dense,
             seed: 0,

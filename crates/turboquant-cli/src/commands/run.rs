@@ -203,7 +203,7 @@ pub fn run(args: Args) -> Result<()> {
         text: generated,
     };
     eprintln!(
-        "\nKV cache {} for {} tokens: K {:.2} MiB + V {:.2} MiB = {:.2} MiB, {:.2} bits per value, \
+        "\nKV cache {} (context {}): K {:.2} MiB + V {:.2} MiB = {:.2} MiB, {:.2} bits per value, \
          {:.2}x smaller than f16",
         stats.cache,
         n_ctx,

@@ -46,16 +46,18 @@ pub struct TokenScore {
 }
 
 /// Scores `logits` (this cache) against the base distribution.
+///
+/// The log-probabilities are formed exactly as [`log_softmax`] forms the base's, so identical
+/// logits score exactly zero divergence.
 pub fn score(logits: &[f32], base: &BaseToken<'_>) -> TokenScore {
     let (argmax, max) = argmax(logits);
     let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
-    let lse = f64::from(max) + sum.ln();
+    let lse = max + sum.ln() as f32;
     let mut kld = 0.0f64;
     for (&lb, &l) in base.log_probs.iter().zip(logits) {
-        let lb = f64::from(lb);
-        kld += lb.exp() * (lb - (f64::from(l) - lse));
+        kld += f64::from(lb).exp() * f64::from(lb - (l - lse));
     }
-    let nll = lse - f64::from(logits[base.target]);
+    let nll = -f64::from(logits[base.target] - lse);
     let base_nll = -f64::from(base.log_probs[base.target]);
     TokenScore {
         nll,
@@ -144,8 +146,8 @@ mod tests {
         let s = score(&logits, &base);
         assert_eq!(s.kld, 0.0);
         assert!(s.same_top1);
-        assert!((s.nll - s.base_nll).abs() < 1e-6);
-        assert!(s.delta_p.abs() < 1e-6);
+        assert_eq!(s.nll, s.base_nll);
+        assert_eq!(s.delta_p, 0.0);
     }
 
     #[test]
