@@ -17,6 +17,8 @@
 //!   reconstructing vectors.
 //! * [`kv_cache`]: one head's KV cache: keys with TurboQuantProd, values with TurboQuantMse,
 //!   full-precision queries.
+//! * [`block`]: the ggml block formats turbo2/turbo3/turbo4 (64 values, fp16 scale, b-bit
+//!   indices): the reference the C and CUDA kernels implement, and their tables.
 //! * [`batch`]: (heads, seq, head_dim) tensors, grouped-query attention, threads.
 //! * [`metrics`]: attention fidelity: cosine, top-1/top-5 match, KL, heads at risk.
 //! * [`validate()`]: the paper's synthetic distortion table, measured.
@@ -57,6 +59,7 @@
 
 pub mod batch;
 pub mod bitpack;
+pub mod block;
 pub mod codebook;
 mod error;
 pub mod kv_cache;
