@@ -1,0 +1,335 @@
+// TurboQuant KV cache: per-layer mean and channel scales of K, measured once per context, and the
+// transform that uses them (see llama-turbo.h for why it leaves attention unchanged).
+
+#include "llama-turbo.h"
+
+#include "llama-context.h"
+#include "llama-impl.h"
+#include "llama-kv-cache.h"
+#include "llama-kv-cache-iswa.h"
+#include "llama-model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+bool llama_turbo_is_turbo_type(ggml_type type) {
+    return type == GGML_TYPE_TURBO2 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO4;
+}
+
+void llama_turbo_transform(ggml_context * ctx, ggml_tensor * params, ggml_tensor ** q, ggml_tensor ** k) {
+    const int64_t d    = params->ne[0];
+    const int64_t n_q  = (*q)->ne[1];
+    const int64_t n_kv = (params->ne[1] - n_q) / 2;
+    GGML_ASSERT((*q)->ne[0] == d && n_kv > 0 && 2*n_kv + n_q == params->ne[1]);
+
+    ggml_tensor * mu    = ggml_view_3d(ctx, params, d, n_kv, 1, params->nb[1], params->nb[1]*n_kv, 0);
+    ggml_tensor * scale = ggml_view_3d(ctx, params, d, n_kv, 1, params->nb[1], params->nb[1]*n_kv, params->nb[1]*n_kv);
+    ggml_tensor * q_inv = ggml_view_3d(ctx, params, d, n_q,  1, params->nb[1], params->nb[1]*n_q,  params->nb[1]*2*n_kv);
+
+    *q = ggml_mul(ctx, *q, q_inv);
+    if (k && *k) {
+        GGML_ASSERT((*k)->ne[0] == d && (*k)->ne[1] == n_kv);
+        *k = ggml_mul(ctx, ggml_sub(ctx, *k, mu), scale);
+    }
+}
+
+//
+// the cache's parameter tensors
+//
+
+void llama_kv_cache::turbo_init() {
+    if (hparams.no_alloc) {
+        return;
+    }
+
+    std::map<ggml_backend_buffer_type_t, ggml_context_ptr> ctx_map;
+    std::vector<std::pair<uint32_t, ggml_tensor *>> created;
+
+    for (const auto & layer : layers) {
+        if (!layer.k || !llama_turbo_is_turbo_type(layer.k->type)) {
+            continue;
+        }
+        const uint32_t il   = layer.il;
+        const int64_t  d    = hparams.n_embd_head_k(il);
+        const int64_t  n_kv = hparams.n_head_kv(il);
+        const int64_t  n_q  = hparams.n_head(il);
+        if (d <= 0 || n_kv <= 0 || n_q % n_kv != 0 || d*n_kv != (int64_t) hparams.n_embd_k_gqa(il)) {
+            continue;
+        }
+
+        ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(layer.k->buffer);
+        auto & ctx = ctx_map[buft];
+        if (!ctx) {
+            ggml_init_params params = {
+                /*.mem_size   =*/ (layers.size() + 1)*ggml_tensor_overhead(),
+                /*.mem_buffer =*/ nullptr,
+                /*.no_alloc   =*/ true,
+            };
+            ctx.reset(ggml_init(params));
+        }
+        ggml_tensor * t = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, d, 2*n_kv + n_q);
+        ggml_format_name(t, "turbo_params_l%u", il);
+        created.emplace_back(il, t);
+    }
+
+    for (auto & [buft, ctx] : ctx_map) {
+        ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx.get(), buft);
+        if (!buf) {
+            LLAMA_LOG_WARN("%s: no memory for the turbo cache parameters; using the plain rotation\n", __func__);
+            return;
+        }
+        turbo_ctxs_bufs.emplace_back(std::move(ctx), buf);
+    }
+
+    for (auto & [il, t] : created) {
+        turbo_map[il] = t;
+        turbo_set(il, nullptr, nullptr);
+    }
+}
+
+void llama_kv_cache::turbo_set(uint32_t il, const float * mu, const float * scale) const {
+    ggml_tensor * t = turbo_map.at(il);
+    const int64_t d    = t->ne[0];
+    const int64_t n_kv = hparams.n_head_kv(il);
+    const int64_t n_q  = t->ne[1] - 2*n_kv;
+    const int64_t g    = n_q / n_kv;
+
+    std::vector<float> data(d*t->ne[1]);
+    for (int64_t h = 0; h < n_kv; ++h) {
+        for (int64_t i = 0; i < d; ++i) {
+            data[(0*n_kv + h)*d + i] = mu    ? mu[h*d + i]    : 0.0f;
+            data[(1*n_kv + h)*d + i] = scale ? scale[h*d + i] : 1.0f;
+        }
+    }
+    for (int64_t j = 0; j < n_q; ++j) {
+        for (int64_t i = 0; i < d; ++i) {
+            data[(2*n_kv + j)*d + i] = 1.0f / data[(n_kv + j/g)*d + i];
+        }
+    }
+    ggml_backend_tensor_set(t, data.data(), 0, ggml_nbytes(t));
+}
+
+std::vector<uint32_t> llama_kv_cache::turbo_layers() const {
+    std::vector<uint32_t> res;
+    for (const auto & [il, t] : turbo_map) {
+        res.push_back(il);
+    }
+    return res;
+}
+
+ggml_tensor * llama_kv_cache::turbo_params(int32_t il) const {
+    const auto it = map_layer_ids.find(il);
+    if (it == map_layer_ids.end()) {
+        return nullptr;
+    }
+    const auto found = turbo_map.find(layers[it->second].il);
+    return found == turbo_map.end() ? nullptr : found->second;
+}
+
+bool llama_kv_cache::turbo_enabled() const {
+    return !turbo_map.empty();
+}
+
+ggml_tensor * llama_kv_cache_context::get_turbo(int32_t il) const {
+    return kv->turbo_params(il);
+}
+
+//
+// calibration: one pass over a short built-in text, collecting Q and K as they enter attention
+//
+
+// Ordinary English prose, written for this purpose; its statistics stand for the model's.
+static const char * k_turbo_calibration_text =
+    "The old harbour town wakes slowly. Before the first ferry leaves, the bakers have already "
+    "lit their ovens, and the smell of bread drifts down the narrow streets towards the water. "
+    "Fishermen check their nets, complaining about the weather and the price of diesel, while "
+    "a few tourists wander past with cameras, looking for the lighthouse they saw on a postcard. "
+    "Nobody is in a hurry. The town has survived storms, wars and the slow decline of its "
+    "shipyard, and it has learned that most problems look smaller after a cup of coffee.\n\n"
+    "In the library on the hill, a retired engineer is reading about the history of the canal. "
+    "It was dug in the eighteenth century to connect the harbour with the river, so that timber "
+    "and grain could reach the coast without the long journey around the cape. The project took "
+    "eleven years, cost three times the original estimate, and nearly bankrupted the merchants "
+    "who paid for it. Yet within a generation the canal had doubled the trade of the region, and "
+    "the same merchants were building houses with tall windows and gardens full of roses.\n\n"
+    "Questions about money, time and risk have not changed much since then. How much should we "
+    "spend today for a benefit that may arrive only in twenty years? Who carries the cost if the "
+    "plan fails, and who collects the reward if it succeeds? Economists describe these choices "
+    "with equations, but the people who made them usually relied on experience, intuition and a "
+    "certain stubbornness. They counted carefully, argued loudly, and then took the decision "
+    "that seemed least foolish.\n\n"
+    "Later that afternoon the wind turns to the west. Clouds gather over the islands, the ferry "
+    "returns early, and the cafe on the square fills with people shaking rain from their coats. "
+    "Someone starts to tell a story about the winter when the harbour froze, and everybody "
+    "listens, although they have heard it many times before.";
+
+namespace {
+
+struct turbo_stats {
+    int64_t d    = 0;
+    int64_t n_kv = 0;
+    int64_t n_q  = 0;
+    double  n_k_tokens = 0;
+    double  n_q_tokens = 0;
+    std::vector<double> k_sum;
+    std::vector<double> k_sq;
+    std::vector<double> q_sq;
+};
+
+struct turbo_collector {
+    std::map<int32_t, turbo_stats> layers;
+    ggml_backend_sched_eval_callback user_cb = nullptr;
+    void * user_data = nullptr;
+    std::vector<float> buf;
+};
+
+// "turbo_q-12" -> ('q', 12)
+bool turbo_parse_name(const char * name, char & which, int32_t & il) {
+    if (strncmp(name, "turbo_q-", 8) != 0 && strncmp(name, "turbo_k-", 8) != 0) {
+        return false;
+    }
+    which = name[6];
+    il = atoi(name + 8);
+    return true;
+}
+
+bool turbo_collect(ggml_tensor * t, bool ask, void * user_data) {
+    auto * c = (turbo_collector *) user_data;
+    char which = 0;
+    int32_t il = -1;
+    const bool ours = turbo_parse_name(t->name, which, il) && c->layers.count(il) && t->type == GGML_TYPE_F32;
+    const bool theirs = c->user_cb ? c->user_cb(t, ask, c->user_data) : false;
+    if (ask) {
+        return ours || theirs;
+    }
+    if (!ours || !ggml_is_contiguous(t)) {
+        return true;
+    }
+
+    auto & s = c->layers[il];
+    const int64_t heads = which == 'q' ? s.n_q : s.n_kv;
+    if (t->ne[0] != s.d || t->ne[1] != heads) {
+        return true;
+    }
+    const int64_t n_tokens = ggml_nelements(t) / (s.d*heads);
+    c->buf.resize(ggml_nelements(t));
+    ggml_backend_tensor_get(t, c->buf.data(), 0, ggml_nbytes(t));
+
+    for (int64_t tok = 0; tok < n_tokens; ++tok) {
+        const float * x = c->buf.data() + tok*s.d*heads;
+        for (int64_t j = 0; j < s.d*heads; ++j) {
+            const double v = std::isfinite(x[j]) ? x[j] : 0.0;
+            if (which == 'q') {
+                s.q_sq[j] += v*v;
+            } else {
+                s.k_sum[j] += v;
+                s.k_sq[j]  += v*v;
+            }
+        }
+    }
+    (which == 'q' ? s.n_q_tokens : s.n_k_tokens) += n_tokens;
+    return true;
+}
+
+} // namespace
+
+void llama_context::turbo_calibrate() {
+    std::vector<llama_kv_cache *> caches;
+    if (auto * kv = dynamic_cast<llama_kv_cache *>(memory.get())) {
+        caches.push_back(kv);
+    } else if (auto * iswa = dynamic_cast<llama_kv_cache_iswa *>(memory.get())) {
+        caches.push_back(iswa->get_base());
+        caches.push_back(iswa->get_swa());
+    }
+
+    const auto & hparams = model.hparams;
+    turbo_collector collector;
+    std::map<int32_t, llama_kv_cache *> owner;
+    for (auto * kv : caches) {
+        for (uint32_t il : kv->turbo_layers()) {
+            turbo_stats s;
+            s.d    = hparams.n_embd_head_k(il);
+            s.n_kv = hparams.n_head_kv(il);
+            s.n_q  = hparams.n_head(il);
+            s.k_sum.assign(s.d*s.n_kv, 0.0);
+            s.k_sq .assign(s.d*s.n_kv, 0.0);
+            s.q_sq .assign(s.d*s.n_q,  0.0);
+            collector.layers[il] = std::move(s);
+            owner[il] = kv;
+        }
+    }
+    if (collector.layers.empty()) {
+        return;
+    }
+
+    const llama_vocab * vocab = &model.vocab;
+    const std::string text = k_turbo_calibration_text;
+    std::vector<llama_token> tokens(text.size() + 8);
+    const int n_tok = llama_tokenize(vocab, text.c_str(), (int32_t) text.size(), tokens.data(), (int32_t) tokens.size(), true, false);
+    const int n = std::min<int>({ n_tok, (int) cparams.n_batch, (int) cparams.n_ctx });
+    if (n < 32) {
+        LLAMA_LOG_WARN("%s: too few tokens (%d) to calibrate the turbo cache; using the plain rotation\n", __func__, n);
+        return;
+    }
+    tokens.resize(n);
+
+    collector.user_cb   = cparams.cb_eval;
+    collector.user_data = cparams.cb_eval_user_data;
+    cparams.cb_eval           = turbo_collect;
+    cparams.cb_eval_user_data = &collector;
+
+    const int64_t t_start_us = ggml_time_us();
+    const int ret = decode(llama_batch_get_one(tokens.data(), n));
+
+    cparams.cb_eval           = collector.user_cb;
+    cparams.cb_eval_user_data = collector.user_data;
+    ggml_backend_sched_set_eval_callback(sched.get(), cparams.cb_eval, cparams.cb_eval_user_data);
+    memory->clear(true);
+    perf_reset();
+
+    if (ret != 0) {
+        LLAMA_LOG_WARN("%s: calibration pass failed (%d); using the plain rotation\n", __func__, ret);
+        return;
+    }
+
+    int n_done = 0;
+    for (auto & [il, s] : collector.layers) {
+        if (s.n_k_tokens < 16 || s.n_q_tokens < 16) {
+            continue;
+        }
+        const int64_t g = s.n_q / s.n_kv;
+        std::vector<float> mu(s.d*s.n_kv);
+        std::vector<float> scale(s.d*s.n_kv);
+        double log_sum = 0.0;
+        for (int64_t h = 0; h < s.n_kv; ++h) {
+            for (int64_t i = 0; i < s.d; ++i) {
+                const int64_t j = h*s.d + i;
+                const double mean = s.k_sum[j] / s.n_k_tokens;
+                const double rms_k = std::sqrt(std::max(s.k_sq[j] / s.n_k_tokens - mean*mean, 0.0));
+                double q2 = 0.0;
+                for (int64_t r = 0; r < g; ++r) {
+                    q2 += s.q_sq[(h*g + r)*s.d + i];
+                }
+                const double rms_q = std::sqrt(q2 / (g*s.n_q_tokens));
+                const double sc = (rms_k > 1e-20 && rms_q > 1e-20) ? std::sqrt(rms_q / rms_k) : 1.0;
+                mu[j] = (float) mean;
+                scale[j] = (float) sc;
+                log_sum += std::log(sc);
+            }
+        }
+        // overall magnitude is free: centre the scales on 1, and keep them within [1/32, 32]
+        const double norm = std::exp(-log_sum / (s.d*s.n_kv));
+        for (auto & sc : scale) {
+            sc = (float) std::min(32.0, std::max(1.0/32.0, sc*norm));
+        }
+        owner[il]->turbo_set(il, mu.data(), scale.data());
+        n_done++;
+    }
+
+    LLAMA_LOG_INFO("%s: turbo cache: calibrated %d layers on %d tokens in %.1f ms\n", __func__, n_done, n,
+            (ggml_time_us() - t_start_us)/1000.0);
+}
