@@ -27,6 +27,11 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
 
     let pristine = source::locate_pristine(&manifest_dir);
+    // for the drop-in test, which applies the patches to a fresh copy of this source
+    println!(
+        "cargo:rustc-env=TURBOQUANT_PRISTINE_SOURCE={}",
+        pristine.join("llama.cpp").display()
+    );
     let tree = source::stage_patched_tree(&manifest_dir, &pristine, &out_dir);
     println!("cargo:rustc-env=TURBOQUANT_PATCHED_TREE={}", tree.display());
     println!("cargo:tree={}", tree.display());

@@ -5,8 +5,13 @@ use std::path::Path;
 
 /// The upstream crate's wrapper headers, copied beside the patched tree so that their relative
 /// includes (`llama.cpp/include/llama.h`) resolve to the patched headers.
-const WRAPPER_FILES: [&str; 5] =
-    ["wrapper.h", "wrapper_common.h", "wrapper_common.cpp", "wrapper_utils.h", "wrapper_mtmd.h"];
+const WRAPPER_FILES: [&str; 5] = [
+    "wrapper.h",
+    "wrapper_common.h",
+    "wrapper_common.cpp",
+    "wrapper_utils.h",
+    "wrapper_mtmd.h",
+];
 
 /// Our own additions to the C API, declared in headers of the overlay.
 const OWN_HEADERS: [&str; 1] = ["ggml/include/ggml-turbo.h"];
@@ -37,7 +42,9 @@ pub fn generate(pristine: &Path, tree: &Path, out_dir: &Path) {
         }
     }
     if cfg!(feature = "common") {
-        builder = builder.clang_arg("-DLLAMA_RS_BUILD_COMMON").allowlist_item("llama_rs_.*");
+        builder = builder
+            .clang_arg("-DLLAMA_RS_BUILD_COMMON")
+            .allowlist_item("llama_rs_.*");
     }
     if cfg!(feature = "mtmd") {
         builder = builder

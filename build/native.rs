@@ -45,12 +45,19 @@ pub fn build(tree: &Path, out_dir: &Path) -> NativeBuild {
         .define("GGML_HIP", on_off(cfg!(feature = "rocm")))
         .define("GGML_OPENCL", on_off(cfg!(feature = "opencl")))
         .define("GGML_WEBGPU", on_off(cfg!(feature = "webgpu")))
-        .define("LLAMA_USE_SYSTEM_GGML", on_off(cfg!(feature = "system-ggml")));
+        .define(
+            "LLAMA_USE_SYSTEM_GGML",
+            on_off(cfg!(feature = "system-ggml")),
+        );
     if cfg!(feature = "dynamic-backends") {
-        config.define("GGML_BACKEND_DL", "ON").define("GGML_CPU_ALL_VARIANTS", "ON");
+        config
+            .define("GGML_BACKEND_DL", "ON")
+            .define("GGML_CPU_ALL_VARIANTS", "ON");
     }
     if cfg!(feature = "mkl") {
-        config.define("GGML_BLAS", "ON").define("GGML_BLAS_VENDOR", "Intel10_64lp");
+        config
+            .define("GGML_BLAS", "ON")
+            .define("GGML_BLAS_VENDOR", "Intel10_64lp");
     }
     if cfg!(feature = "cuda") {
         // Without a stated architecture CMake asks nvcc for "native", which fails on a machine
@@ -69,7 +76,11 @@ pub fn build(tree: &Path, out_dir: &Path) -> NativeBuild {
 
     let wanted = libraries(shared);
     let mut lib_dirs = BTreeSet::new();
-    for root in [install.join("lib"), install.join("lib64"), out_dir.join("build")] {
+    for root in [
+        install.join("lib"),
+        install.join("lib64"),
+        out_dir.join("build"),
+    ] {
         collect_lib_dirs(&root, &wanted, shared, &mut lib_dirs);
     }
     NativeBuild { lib_dirs, shared }
@@ -150,7 +161,11 @@ pub fn link(build: &NativeBuild) {
     }
     if build.shared {
         // Exported for the GPU workflow, which carries these libraries (or rebuilds them).
-        let dirs: Vec<String> = build.lib_dirs.iter().map(|d| d.display().to_string()).collect();
+        let dirs: Vec<String> = build
+            .lib_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         println!("cargo:rustc-env=TURBOQUANT_LIB_DIRS={}", dirs.join(":"));
         return;
     }

@@ -16,18 +16,30 @@ use std::process::Command;
 pub fn locate_pristine(manifest_dir: &Path) -> PathBuf {
     let vendor_manifest = manifest_dir.join("vendor/Cargo.toml");
     println!("cargo:rerun-if-changed={}", vendor_manifest.display());
-    println!("cargo:rerun-if-changed={}", manifest_dir.join("vendor/Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("vendor/Cargo.lock").display()
+    );
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["metadata", "--format-version", "1", "--locked", "--manifest-path"])
-        .arg(&vendor_manifest);
+    cmd.args([
+        "metadata",
+        "--format-version",
+        "1",
+        "--locked",
+        "--manifest-path",
+    ])
+    .arg(&vendor_manifest);
     if std::env::var("CARGO_NET_OFFLINE").is_ok_and(|v| v == "true" || v == "1") {
         cmd.arg("--offline");
     }
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `cargo metadata` for {}: {e}", vendor_manifest.display()));
+    let output = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run `cargo metadata` for {}: {e}",
+            vendor_manifest.display()
+        )
+    });
     if !output.status.success() {
         panic!(
             "`cargo metadata --manifest-path {}` failed; it fetches the pinned llama.cpp source \
@@ -42,8 +54,13 @@ pub fn locate_pristine(manifest_dir: &Path) -> PathBuf {
         .as_array()
         .and_then(|packages| packages.iter().find(|p| p["name"] == "llama-cpp-sys-2"))
         .expect("vendor/Cargo.toml must depend on llama-cpp-sys-2");
-    let manifest_path = package["manifest_path"].as_str().expect("manifest_path is a string");
-    let pristine = Path::new(manifest_path).parent().expect("a manifest has a folder").to_path_buf();
+    let manifest_path = package["manifest_path"]
+        .as_str()
+        .expect("manifest_path is a string");
+    let pristine = Path::new(manifest_path)
+        .parent()
+        .expect("a manifest has a folder")
+        .to_path_buf();
     let cmakelists = pristine.join("llama.cpp/CMakeLists.txt");
     assert!(
         cmakelists.is_file(),
@@ -97,7 +114,13 @@ fn patch_files(patches_dir: &Path) -> Vec<PathBuf> {
 fn apply_patch(patch: &Path, tree: &Path) {
     let name = patch.file_name().unwrap().to_string_lossy();
     let output = Command::new("patch")
-        .args(["-p1", "--batch", "--forward", "--no-backup-if-mismatch", "--reject-file=-"])
+        .args([
+            "-p1",
+            "--batch",
+            "--forward",
+            "--no-backup-if-mismatch",
+            "--reject-file=-",
+        ])
         .arg("--directory")
         .arg(tree)
         .arg("--input")

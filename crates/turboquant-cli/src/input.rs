@@ -39,7 +39,10 @@ pub fn prompt(prompt: Option<&str>, file: Option<&Path>) -> Result<String> {
         bail!("no prompt: pass -p TEXT, -f FILE, or pipe the prompt into stdin");
     }
     let mut bytes = Vec::new();
-    stdin.lock().read_to_end(&mut bytes).context("cannot read the prompt from stdin")?;
+    stdin
+        .lock()
+        .read_to_end(&mut bytes)
+        .context("cannot read the prompt from stdin")?;
     text_from_bytes(bytes, "the prompt from stdin")
 }
 
@@ -49,9 +52,17 @@ mod tests {
 
     #[test]
     fn rejects_empty_and_non_utf8() {
-        assert!(text_from_bytes(b"  \n".to_vec(), "x").unwrap_err().to_string().contains("empty"));
-        let err = text_from_bytes(vec![b'a', 0xff, b'b'], "x").unwrap_err().to_string();
-        assert!(err.contains("not UTF-8") && err.contains("offset 1"), "{err}");
+        assert!(text_from_bytes(b"  \n".to_vec(), "x")
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        let err = text_from_bytes(vec![b'a', 0xff, b'b'], "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not UTF-8") && err.contains("offset 1"),
+            "{err}"
+        );
         assert_eq!(text_from_bytes(b"hi".to_vec(), "x").unwrap(), "hi");
     }
 }

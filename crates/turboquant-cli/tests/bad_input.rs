@@ -10,9 +10,17 @@ use common::{smollm2, turboquant, wikitext};
 fn fails(args: &[&std::ffi::OsStr]) -> String {
     let out = turboquant().args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "expected a clean failure, got {:?}: {stderr}", out.status);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected a clean failure, got {:?}: {stderr}",
+        out.status
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(stderr.starts_with("error: ") || stderr.contains("\nerror: "), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") || stderr.contains("\nerror: "),
+        "{stderr}"
+    );
     stderr
 }
 
@@ -22,13 +30,25 @@ fn os(s: &str) -> &std::ffi::OsStr {
 
 #[test]
 fn missing_model_file() {
-    let err = fails(&[os("run"), os("-m"), os("/nonexistent/model.gguf"), os("-p"), os("hi")]);
+    let err = fails(&[
+        os("run"),
+        os("-m"),
+        os("/nonexistent/model.gguf"),
+        os("-p"),
+        os("hi"),
+    ]);
     assert!(err.contains("not found"), "{err}");
 }
 
 #[test]
 fn a_file_that_is_not_gguf() {
-    let err = fails(&[os("run"), os("-m"), wikitext().as_os_str(), os("-p"), os("hi")]);
+    let err = fails(&[
+        os("run"),
+        os("-m"),
+        wikitext().as_os_str(),
+        os("-p"),
+        os("hi"),
+    ]);
     assert!(err.contains("not a GGUF file"), "{err}");
 }
 
@@ -38,16 +58,30 @@ fn a_truncated_gguf() {
     let dir = tempfile::tempdir().unwrap();
     for (name, keep) in [("header.gguf", 2000), ("data.gguf", model.len() / 2)] {
         let path = dir.path().join(name);
-        std::fs::File::create(&path).unwrap().write_all(&model[..keep]).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&model[..keep])
+            .unwrap();
         let err = fails(&[os("run"), os("-m"), path.as_os_str(), os("-p"), os("hi")]);
-        assert!(err.contains("truncated") || err.contains("cut short"), "{name}: {err}");
+        assert!(
+            err.contains("truncated") || err.contains("cut short"),
+            "{name}: {err}"
+        );
     }
 }
 
 #[test]
 fn an_unknown_cache_type() {
     let m = smollm2();
-    let err = fails(&[os("run"), os("-m"), m.as_os_str(), os("-p"), os("hi"), os("--kv-quant"), os("q3_k")]);
+    let err = fails(&[
+        os("run"),
+        os("-m"),
+        m.as_os_str(),
+        os("-p"),
+        os("hi"),
+        os("--kv-quant"),
+        os("q3_k"),
+    ]);
     assert!(err.contains("unknown KV-cache type `q3_k`"), "{err}");
     let err = fails(&[
         os("perplexity"),
@@ -70,9 +104,21 @@ fn empty_and_non_utf8_text() {
     std::fs::write(&binary, [b'a', 0xc3, 0x28, b'b']).unwrap();
     let m = smollm2();
     for (file, expected) in [(&empty, "empty"), (&binary, "not UTF-8")] {
-        let err = fails(&[os("perplexity"), os("-m"), m.as_os_str(), os("-f"), file.as_os_str()]);
+        let err = fails(&[
+            os("perplexity"),
+            os("-m"),
+            m.as_os_str(),
+            os("-f"),
+            file.as_os_str(),
+        ]);
         assert!(err.contains(expected), "{err}");
-        let err = fails(&[os("run"), os("-m"), m.as_os_str(), os("-f"), file.as_os_str()]);
+        let err = fails(&[
+            os("run"),
+            os("-m"),
+            m.as_os_str(),
+            os("-f"),
+            file.as_os_str(),
+        ]);
         assert!(err.contains(expected), "{err}");
     }
     let err = fails(&[os("run"), os("-m"), m.as_os_str(), os("-p"), os("")]);
@@ -88,11 +134,26 @@ fn a_context_longer_than_training_warns_and_one_beyond_memory_fails() {
         .args(["-p", "Hi", "-n", "2", "--temp", "0", "-c", "9000"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("warning: context of 9000 tokens is longer than the 8192"), "{stderr}");
+    assert!(
+        stderr.contains("warning: context of 9000 tokens is longer than the 8192"),
+        "{stderr}"
+    );
 
-    let err = fails(&[os("run"), os("-m"), m.as_os_str(), os("-p"), os("hi"), os("-c"), os("4000000000")]);
+    let err = fails(&[
+        os("run"),
+        os("-m"),
+        m.as_os_str(),
+        os("-p"),
+        os("hi"),
+        os("-c"),
+        os("4000000000"),
+    ]);
     assert!(err.contains("memory available"), "{err}");
 }
 
@@ -102,6 +163,12 @@ fn a_text_shorter_than_one_chunk() {
     let short = dir.path().join("short.txt");
     std::fs::write(&short, "Just a few words.").unwrap();
     let m = smollm2();
-    let err = fails(&[os("perplexity"), os("-m"), m.as_os_str(), os("-f"), short.as_os_str()]);
+    let err = fails(&[
+        os("perplexity"),
+        os("-m"),
+        m.as_os_str(),
+        os("-f"),
+        short.as_os_str(),
+    ]);
     assert!(err.contains("fewer than one chunk"), "{err}");
 }

@@ -17,14 +17,25 @@ fn f16_is_its_own_reference_and_q4_0_is_worse_than_q8_0() {
         .arg(&json)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("PPL ratio") && stdout.contains("q4_0"), "{stdout}");
+    assert!(
+        stdout.contains("PPL ratio") && stdout.contains("q4_0"),
+        "{stdout}"
+    );
 
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["cache"].as_str().unwrap()).collect();
-    assert_eq!(names, ["f16", "q4_0", "q8_0"], "f16 first, then the order given");
+    assert_eq!(
+        names,
+        ["f16", "q4_0", "q8_0"],
+        "f16 first, then the order given"
+    );
     let field = |i: usize, key: &str| rows[i][key].as_f64().unwrap();
     let kld = |i: usize| rows[i]["kld"]["mean"].as_f64().unwrap();
 
@@ -34,9 +45,20 @@ fn f16_is_its_own_reference_and_q4_0_is_worse_than_q8_0() {
     assert_eq!(field(0, "bits_per_value"), 16.0);
     assert_eq!(report["tokens_scored_per_type"].as_u64().unwrap(), 3 * 255);
 
-    assert!(kld(1) > kld(2), "q4_0 KLD {} should exceed q8_0's {}", kld(1), kld(2));
+    assert!(
+        kld(1) > kld(2),
+        "q4_0 KLD {} should exceed q8_0's {}",
+        kld(1),
+        kld(2)
+    );
     assert!(kld(2) > 0.0);
-    assert!((field(1, "compression") - 16.0 / 4.5).abs() < 0.01, "q4_0 is 4.5 bits per value");
+    assert!(
+        (field(1, "compression") - 16.0 / 4.5).abs() < 0.01,
+        "q4_0 is 4.5 bits per value"
+    );
     let ppl = rows[0]["ppl"]["mean"].as_f64().unwrap();
-    assert!((10.0..40.0).contains(&ppl), "SmolLM2's WikiText-2 perplexity is about 20, got {ppl}");
+    assert!(
+        (10.0..40.0).contains(&ppl),
+        "SmolLM2's WikiText-2 perplexity is about 20, got {ppl}"
+    );
 }

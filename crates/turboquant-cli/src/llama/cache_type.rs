@@ -20,11 +20,16 @@ pub struct CacheType {
 }
 
 impl CacheType {
-    pub const F16: CacheType = CacheType { ggml: sys::GGML_TYPE_F16 };
+    pub const F16: CacheType = CacheType {
+        ggml: sys::GGML_TYPE_F16,
+    };
 
     /// Every accepted type this build of llama.cpp knows, in the order of [`ACCEPTED`].
     pub fn all() -> Vec<CacheType> {
-        ACCEPTED.iter().filter_map(|name| Self::lookup(name)).collect()
+        ACCEPTED
+            .iter()
+            .filter_map(|name| Self::lookup(name))
+            .collect()
     }
 
     fn lookup(name: &str) -> Option<CacheType> {
@@ -42,11 +47,10 @@ impl CacheType {
             }
         }
         let known: Vec<String> = Self::all().iter().map(|t| t.name().to_string()).collect();
-        bail!("unknown KV-cache type `{name}`; known types: {}", known.join(", "))
-    }
-
-    pub fn ggml(self) -> sys::ggml_type {
-        self.ggml
+        bail!(
+            "unknown KV-cache type `{name}`; known types: {}",
+            known.join(", ")
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -66,11 +70,6 @@ impl CacheType {
     /// Bytes per block.
     fn type_size(self) -> u64 {
         unsafe { sys::ggml_type_size(self.ggml) as u64 }
-    }
-
-    /// Storage bits per cached value, scales included.
-    pub fn bits_per_value(self) -> f64 {
-        self.type_size() as f64 * 8.0 / self.block_size() as f64
     }
 
     /// Bytes of one row of `n` values (`n` a multiple of the block size).
@@ -97,7 +96,10 @@ pub struct KvTypes {
 }
 
 impl KvTypes {
-    pub const F16: KvTypes = KvTypes { k: CacheType::F16, v: CacheType::F16 };
+    pub const F16: KvTypes = KvTypes {
+        k: CacheType::F16,
+        v: CacheType::F16,
+    };
 
     /// `turbo3` (both caches) or `q8_0:turbo3` (K then V).
     pub fn parse(spec: &str) -> Result<KvTypes> {
@@ -106,7 +108,10 @@ impl KvTypes {
             bail!("empty KV-cache type");
         }
         match spec.split_once(':') {
-            Some((k, v)) => Ok(KvTypes { k: CacheType::parse(k)?, v: CacheType::parse(v)? }),
+            Some((k, v)) => Ok(KvTypes {
+                k: CacheType::parse(k)?,
+                v: CacheType::parse(v)?,
+            }),
             None => {
                 let t = CacheType::parse(spec)?;
                 Ok(KvTypes { k: t, v: t })
@@ -127,10 +132,6 @@ impl KvTypes {
             bail!("no KV-cache type given");
         }
         Ok(out)
-    }
-
-    pub fn is_quantized(self) -> bool {
-        unsafe { sys::ggml_is_quantized(self.k.ggml) || sys::ggml_is_quantized(self.v.ggml) }
     }
 
     /// Storage bits per value over both caches, for K and V rows of the given widths.
@@ -169,16 +170,21 @@ mod tests {
     fn rejects_unknown_and_non_cache_types() {
         let err = KvTypes::parse("q3_k").unwrap_err().to_string();
         assert!(err.contains("unknown KV-cache type `q3_k`"), "{err}");
-        assert!(err.contains("q4_0"), "the message lists the known types: {err}");
+        assert!(
+            err.contains("q4_0"),
+            "the message lists the known types: {err}"
+        );
         assert!(KvTypes::parse("").is_err());
         assert!(KvTypes::parse_list(" , ").is_err());
     }
 
     #[test]
     fn bits_per_value_of_upstream_types() {
-        assert_eq!(CacheType::parse("f16").unwrap().bits_per_value(), 16.0);
-        assert_eq!(CacheType::parse("q8_0").unwrap().bits_per_value(), 8.5);
-        assert_eq!(CacheType::parse("q4_0").unwrap().bits_per_value(), 4.5);
+        let bpv = |t: &str| KvTypes::parse(t).unwrap().bits_per_value(64, 64);
+        assert_eq!(bpv("f16"), 16.0);
+        assert_eq!(bpv("q8_0"), 8.5);
+        assert_eq!(bpv("q4_0"), 4.5);
+        assert_eq!(bpv("turbo3"), 3.25);
         let mixed = KvTypes::parse("q8_0:q4_0").unwrap();
         assert_eq!(mixed.bits_per_value(64, 64), 6.5);
     }

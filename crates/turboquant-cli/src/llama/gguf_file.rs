@@ -28,7 +28,6 @@ pub struct GgufFile {
     pub path: PathBuf,
     pub size: u64,
     pub metadata: BTreeMap<String, MetaValue>,
-    pub n_tensors: u64,
 }
 
 /// Owns a `gguf_context` read with `no_alloc` (metadata only).
@@ -44,7 +43,10 @@ impl Drop for RawGguf {
 impl GgufFile {
     pub fn open(path: &Path) -> Result<GgufFile> {
         let meta = std::fs::metadata(path).with_context(|| {
-            format!("model file {} not found (pass -m FILE.gguf or a model alias)", path.display())
+            format!(
+                "model file {} not found (pass -m FILE.gguf or a model alias)",
+                path.display()
+            )
         })?;
         if !meta.is_file() {
             bail!("model path {} is not a file", path.display());
@@ -54,13 +56,19 @@ impl GgufFile {
         let mut file = std::fs::File::open(path)
             .with_context(|| format!("cannot open model file {}", path.display()))?;
         if size < 4 || file.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
-            bail!("{} is not a GGUF file (it does not start with the GGUF magic)", path.display());
+            bail!(
+                "{} is not a GGUF file (it does not start with the GGUF magic)",
+                path.display()
+            );
         }
         drop(file);
 
         let c_path = CString::new(path.to_string_lossy().as_bytes())
             .context("the model path contains a NUL byte")?;
-        let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+        let params = sys::gguf_init_params {
+            no_alloc: true,
+            ctx: std::ptr::null_mut(),
+        };
         // SAFETY: a valid C string and plain parameters; the result is checked for null.
         let raw = unsafe { sys::gguf_init_from_file(c_path.as_ptr(), params) };
         if raw.is_null() {
@@ -97,7 +105,11 @@ impl GgufFile {
             let key = unsafe { CStr::from_ptr(sys::gguf_get_key(ctx, id)) }.to_string_lossy();
             metadata.insert(key.into_owned(), unsafe { read_value(ctx, id) });
         }
-        Ok(GgufFile { path: path.to_path_buf(), size, metadata, n_tensors })
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            size,
+            metadata,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
@@ -153,7 +165,9 @@ unsafe fn read_value(ctx: *const sys::gguf_context, id: i64) -> MetaValue {
             sys::GGUF_TYPE_FLOAT64 => MetaValue::Float(sys::gguf_get_val_f64(ctx, id)),
             sys::GGUF_TYPE_BOOL => MetaValue::Bool(sys::gguf_get_val_bool(ctx, id)),
             sys::GGUF_TYPE_STRING => MetaValue::Str(
-                CStr::from_ptr(sys::gguf_get_val_str(ctx, id)).to_string_lossy().into_owned(),
+                CStr::from_ptr(sys::gguf_get_val_str(ctx, id))
+                    .to_string_lossy()
+                    .into_owned(),
             ),
             sys::GGUF_TYPE_ARRAY => read_int_array(ctx, id),
             _ => MetaValue::Other,
@@ -183,7 +197,10 @@ unsafe fn read_int_array(ctx: *const sys::gguf_context, id: i64) -> MetaValue {
         let data = sys::gguf_get_arr_data(ctx, id);
         macro_rules! collect {
             ($t:ty) => {
-                std::slice::from_raw_parts(data.cast::<$t>(), n).iter().map(|&v| v as i64).collect()
+                std::slice::from_raw_parts(data.cast::<$t>(), n)
+                    .iter()
+                    .map(|&v| v as i64)
+                    .collect()
             };
         }
         let values: Vec<i64> = match elem {

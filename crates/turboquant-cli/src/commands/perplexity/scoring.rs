@@ -78,11 +78,17 @@ pub struct Estimate {
 fn estimate(values: impl Iterator<Item = f64> + Clone) -> Estimate {
     let n = values.clone().count() as f64;
     if n == 0.0 {
-        return Estimate { mean: f64::NAN, stderr: f64::NAN };
+        return Estimate {
+            mean: f64::NAN,
+            stderr: f64::NAN,
+        };
     }
     let mean = values.clone().sum::<f64>() / n;
     let var = values.map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0).max(1.0);
-    Estimate { mean, stderr: (var / n).sqrt() }
+    Estimate {
+        mean,
+        stderr: (var / n).sqrt(),
+    }
 }
 
 /// Everything scored for one cache type.
@@ -118,11 +124,18 @@ impl Scores {
         Summary {
             tokens: t.len(),
             // delta method: d exp(m) = exp(m) dm
-            ppl: Estimate { mean: ppl, stderr: ppl * nll.stderr },
-            ppl_ratio: Estimate { mean: ratio, stderr: ratio * diff.stderr },
+            ppl: Estimate {
+                mean: ppl,
+                stderr: ppl * nll.stderr,
+            },
+            ppl_ratio: Estimate {
+                mean: ratio,
+                stderr: ratio * diff.stderr,
+            },
             kld: estimate(t.iter().map(|s| s.kld)),
             top1_pct: 100.0 * t.iter().filter(|s| s.same_top1).count() as f64 / n,
-            rms_delta_p_pct: 100.0 * (t.iter().map(|s| s.delta_p * s.delta_p).sum::<f64>() / n).sqrt(),
+            rms_delta_p_pct: 100.0
+                * (t.iter().map(|s| s.delta_p * s.delta_p).sum::<f64>() / n).sqrt(),
         }
     }
 }
@@ -142,7 +155,11 @@ mod tests {
         let logits = [1.0f32, 3.0, -2.0, 0.5];
         let mut lp = Vec::new();
         let argmax = base_of(&logits, 2, &mut lp);
-        let base = BaseToken { log_probs: &lp, argmax, target: 2 };
+        let base = BaseToken {
+            log_probs: &lp,
+            argmax,
+            target: 2,
+        };
         let s = score(&logits, &base);
         assert_eq!(s.kld, 0.0);
         assert!(s.same_top1);
@@ -155,7 +172,11 @@ mod tests {
         // p = (0.5, 0.5), q = (0.25, 0.75): KL = 0.5 ln 2 + 0.5 ln(2/3)
         let mut lp = Vec::new();
         let argmax = base_of(&[0.0, 0.0], 0, &mut lp);
-        let base = BaseToken { log_probs: &lp, argmax, target: 0 };
+        let base = BaseToken {
+            log_probs: &lp,
+            argmax,
+            target: 0,
+        };
         let q = [0.25f32.ln(), 0.75f32.ln()];
         let s = score(&q, &base);
         let expected = 0.5 * 2f64.ln() + 0.5 * (2.0f64 / 3.0).ln();
@@ -168,7 +189,13 @@ mod tests {
     fn summary_of_scores() {
         let mut scores = Scores::default();
         for (nll, base_nll) in [(1.0, 1.0), (3.0, 1.0)] {
-            scores.push(TokenScore { nll, base_nll, kld: nll - base_nll, same_top1: nll == base_nll, delta_p: 0.1 });
+            scores.push(TokenScore {
+                nll,
+                base_nll,
+                kld: nll - base_nll,
+                same_top1: nll == base_nll,
+                delta_p: 0.1,
+            });
         }
         let s = scores.summary();
         assert!((s.ppl.mean - 2f64.exp()).abs() < 1e-9);
