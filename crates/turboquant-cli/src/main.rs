@@ -36,6 +36,8 @@ enum Command {
     Run(commands::run::Args),
     /// Perplexity, KL divergence and top-1 agreement against the f16 cache, per cache type
     Perplexity(commands::perplexity::Args),
+    /// Prompt and generation speed per cache type and depth (llama-bench's method)
+    Bench(commands::bench::Args),
     /// Fetch the reference models (aliases) into the cache, or list them
     Fetch(commands::fetch::Args),
 }
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Perplexity(args) => commands::perplexity::run(args),
+        Command::Bench(args) => commands::bench::run(args),
         Command::Fetch(args) => commands::fetch::run(args),
     };
     match result {

@@ -404,10 +404,13 @@ pub fn c_header() -> String {
         );
         let _ = writeln!(
             s,
-            "static const float {name}_boundaries[{}] = {{ {} }};\n",
+            "static const float {name}_boundaries[{}] = {{ {} }};",
             ty.levels() - 1,
             list(f.boundaries())
         );
+        // the levels repeated to 16 entries: one 16-lane register lookup (AVX-512, NEON tables)
+        let x16: Vec<f32> = (0..16).map(|i| f.codebook()[i % ty.levels()]).collect();
+        let _ = writeln!(s, "static const float {name}_codebook_x16[16] = {{ {} }};\n", list(&x16));
     }
     s
 }
@@ -577,6 +580,7 @@ mod tests {
             "turbo3_boundaries[7]",
             "turbo4_codebook[16]",
             "turbo_scale_grid_inv[16]",
+            "turbo2_codebook_x16[16]",
         ] {
             assert!(h.contains(name), "{name} missing");
         }

@@ -34,6 +34,16 @@ pub fn backend() -> &'static LlamaBackend {
     })
 }
 
+/// The compute devices llama.cpp sees, e.g. `CPU (AMD EPYC), CUDA0 (NVIDIA H100 80GB HBM3)`.
+pub fn backend_description() -> String {
+    backend();
+    llama_cpp_2::list_llama_ggml_backend_devices()
+        .iter()
+        .map(|d| format!("{} ({})", d.name, d.description.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Echo llama.cpp's log to stderr from now on.
 pub fn echo_llama_log() {
     backend();

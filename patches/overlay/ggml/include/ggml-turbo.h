@@ -27,6 +27,8 @@ extern "C" {
     GGML_BACKEND_API bool ggml_turbo_cpu_vec_dot(enum ggml_type type, enum ggml_turbo_impl impl, int64_t n, float * s, const void * x, const float * y);
     // y = dequantize(x)
     GGML_BACKEND_API bool ggml_turbo_cpu_dequantize(enum ggml_type type, enum ggml_turbo_impl impl, int64_t n, const void * x, float * y);
+    // y += v * dequantize(x)
+    GGML_BACKEND_API bool ggml_turbo_cpu_vec_mad(enum ggml_type type, enum ggml_turbo_impl impl, int64_t n, float * y, const void * x, float v);
     // The implementation the CPU backend uses.
     GGML_BACKEND_API enum ggml_turbo_impl ggml_turbo_cpu_impl(void);
 

@@ -89,6 +89,21 @@ TURBO_SCALAR_KERNELS(turbo2)
 TURBO_SCALAR_KERNELS(turbo3)
 TURBO_SCALAR_KERNELS(turbo4)
 
+// y += v * dequantize(x): the value accumulation of flash attention, without a row in between
+#define TURBO_SCALAR_MAD(NAME)                                                                      \
+static void mad_##NAME##_scalar(int64_t n, float * y, const block_##NAME * x, float v) {            \
+    for (int64_t ib = 0; ib < n / QK_TURBO; ++ib) {                                                 \
+        const float d = v * GGML_CPU_FP16_TO_FP32(x[ib].d);                                         \
+        for (int i = 0; i < QK_TURBO; ++i) {                                                        \
+            y[ib*QK_TURBO + i] += d * NAME##_codebook[NAME##_index(&x[ib], i)];                     \
+        }                                                                                           \
+    }                                                                                               \
+}
+
+TURBO_SCALAR_MAD(turbo2)
+TURBO_SCALAR_MAD(turbo3)
+TURBO_SCALAR_MAD(turbo4)
+
 //
 // AVX2: 8 values per step, indices widened to 32-bit lanes, looked up with vpermps
 //
@@ -212,6 +227,43 @@ static void dequantize_turbo2_avx2(int64_t n, const block_turbo2 * x, float * y)
     }
 }
 
+static void mad_turbo4_avx2(int64_t n, float * y, const block_turbo4 * x, float v) {
+    const __m256 lo = _mm256_loadu_ps(turbo4_codebook);
+    const __m256 hi = _mm256_loadu_ps(turbo4_codebook + 8);
+    for (int64_t ib = 0; ib < n / QK_TURBO; ++ib) {
+        const __m256 d = _mm256_set1_ps(v * GGML_CPU_FP16_TO_FP32(x[ib].d));
+        float * yb = y + ib*QK_TURBO;
+        for (int g = 0; g < 8; ++g) {
+            _mm256_storeu_ps(yb + 8*g, _mm256_fmadd_ps(d, turbo4_values_avx2(&x[ib], g, lo, hi), _mm256_loadu_ps(yb + 8*g)));
+        }
+    }
+}
+
+static void mad_turbo3_avx2(int64_t n, float * y, const block_turbo3 * x, float v) {
+    const __m256 cb = _mm256_loadu_ps(turbo3_codebook);
+    for (int64_t ib = 0; ib < n / QK_TURBO; ++ib) {
+        const __m256 d = _mm256_set1_ps(v * GGML_CPU_FP16_TO_FP32(x[ib].d));
+        float * yb = y + ib*QK_TURBO;
+        for (int g = 0; g < 8; ++g) {
+            const __m256 c = _mm256_permutevar8x32_ps(cb, turbo3_index_avx2(&x[ib], g));
+            _mm256_storeu_ps(yb + 8*g, _mm256_fmadd_ps(d, c, _mm256_loadu_ps(yb + 8*g)));
+        }
+    }
+}
+
+static void mad_turbo2_avx2(int64_t n, float * y, const block_turbo2 * x, float v) {
+    const __m256 cb = _mm256_setr_ps(turbo2_codebook[0], turbo2_codebook[1], turbo2_codebook[2], turbo2_codebook[3],
+                                     turbo2_codebook[0], turbo2_codebook[1], turbo2_codebook[2], turbo2_codebook[3]);
+    for (int64_t ib = 0; ib < n / QK_TURBO; ++ib) {
+        const __m256 d = _mm256_set1_ps(v * GGML_CPU_FP16_TO_FP32(x[ib].d));
+        float * yb = y + ib*QK_TURBO;
+        for (int g = 0; g < 8; ++g) {
+            const __m256 c = _mm256_permutevar8x32_ps(cb, turbo2_low_avx2(x[ib].qs, g));
+            _mm256_storeu_ps(yb + 8*g, _mm256_fmadd_ps(d, c, _mm256_loadu_ps(yb + 8*g)));
+        }
+    }
+}
+
 #endif // TURBO_HAVE_AVX2
 
 //
@@ -244,18 +296,9 @@ static inline __m512i turbo3_index_avx512(const block_turbo3 * b, int g) {
     return _mm512_or_si512(turbo2_index_avx512(b->qs, g), _mm512_slli_epi32(high, 2));
 }
 
-// a codebook of up to 16 levels in one register (unused lanes repeat the levels)
-static inline __m512 turbo_codebook_avx512(const float * codebook, int levels) {
-    float table[16];
-    for (int i = 0; i < 16; ++i) {
-        table[i] = codebook[i % levels];
-    }
-    return _mm512_loadu_ps(table);
-}
-
-#define TURBO_AVX512_KERNELS(NAME, LEVELS, INDEX)                                                   \
+#define TURBO_AVX512_KERNELS(NAME, INDEX)                                                   \
 static void vec_dot_##NAME##_avx512(int64_t n, float * s, const block_##NAME * x, const float * y) {\
-    const __m512 cb = turbo_codebook_avx512(NAME##_codebook, LEVELS);                               \
+    const __m512 cb = _mm512_loadu_ps(NAME##_codebook_x16);                               \
     __m512 acc = _mm512_setzero_ps();                                                               \
     for (int64_t ib = 0; ib < n / QK_TURBO; ++ib) {                                                 \
         const float * yb = y + ib*QK_TURBO;                                                         \
@@ -269,18 +312,28 @@ static void vec_dot_##NAME##_avx512(int64_t n, float * s, const block_##NAME * x
     *s = _mm512_reduce_add_ps(acc);                                                                 \
 }                                                                                                   \
 static void dequantize_##NAME##_avx512(int64_t n, const block_##NAME * x, float * y) {             \
-    const __m512 cb = turbo_codebook_avx512(NAME##_codebook, LEVELS);                               \
+    const __m512 cb = _mm512_loadu_ps(NAME##_codebook_x16);                               \
     for (int64_t ib = 0; ib < n / QK_TURBO; ++ib) {                                                 \
         const __m512 d = _mm512_set1_ps(GGML_CPU_FP16_TO_FP32(x[ib].d));                            \
         for (int g = 0; g < 4; ++g) {                                                               \
             _mm512_storeu_ps(y + ib*QK_TURBO + 16*g, _mm512_mul_ps(d, _mm512_permutexvar_ps(INDEX, cb))); \
         }                                                                                           \
     }                                                                                               \
+}                                                                                                   \
+static void mad_##NAME##_avx512(int64_t n, float * y, const block_##NAME * x, float v) {           \
+    const __m512 cb = _mm512_loadu_ps(NAME##_codebook_x16);                               \
+    for (int64_t ib = 0; ib < n / QK_TURBO; ++ib) {                                                 \
+        const __m512 d = _mm512_set1_ps(v * GGML_CPU_FP16_TO_FP32(x[ib].d));                        \
+        float * yb = y + ib*QK_TURBO;                                                               \
+        for (int g = 0; g < 4; ++g) {                                                               \
+            _mm512_storeu_ps(yb + 16*g, _mm512_fmadd_ps(d, _mm512_permutexvar_ps(INDEX, cb), _mm512_loadu_ps(yb + 16*g))); \
+        }                                                                                           \
+    }                                                                                               \
 }
 
-TURBO_AVX512_KERNELS(turbo4, 16, turbo4_index_avx512(&x[ib], g))
-TURBO_AVX512_KERNELS(turbo3,  8, turbo3_index_avx512(&x[ib], g))
-TURBO_AVX512_KERNELS(turbo2,  4, turbo2_index_avx512(x[ib].qs, g))
+TURBO_AVX512_KERNELS(turbo4, turbo4_index_avx512(&x[ib], g))
+TURBO_AVX512_KERNELS(turbo3, turbo3_index_avx512(&x[ib], g))
+TURBO_AVX512_KERNELS(turbo2, turbo2_index_avx512(x[ib].qs, g))
 
 #endif // TURBO_HAVE_AVX512
 
@@ -291,11 +344,8 @@ TURBO_AVX512_KERNELS(turbo2,  4, turbo2_index_avx512(x[ib].qs, g))
 
 #if TURBO_HAVE_NEON
 
-static inline uint8x16x4_t turbo_table_neon(const float * codebook, int levels) {
-    float table[16];
-    for (int i = 0; i < 16; ++i) {
-        table[i] = codebook[i % levels];
-    }
+// a 16-entry codebook (ggml-turbo-tables.h repeats shorter ones) as a 64-byte table
+static inline uint8x16x4_t turbo_table_neon(const float * table) {
     uint8x16x4_t t;
     t.val[0] = vreinterpretq_u8_f32(vld1q_f32(table + 0));
     t.val[1] = vreinterpretq_u8_f32(vld1q_f32(table + 4));
@@ -327,9 +377,9 @@ static inline uint8x8_t turbo3_index_neon(const block_turbo3 * b, int g) {
     return vorr_u8(turbo2_index_neon(b->qs, g), vshl_n_u8(high, 2));
 }
 
-#define TURBO_NEON_KERNELS(NAME, LEVELS, INDEX)                                                     \
+#define TURBO_NEON_KERNELS(NAME, INDEX)                                                     \
 static void vec_dot_##NAME##_neon(int64_t n, float * s, const block_##NAME * x, const float * y) {  \
-    const uint8x16x4_t table = turbo_table_neon(NAME##_codebook, LEVELS);                           \
+    const uint8x16x4_t table = turbo_table_neon(NAME##_codebook_x16);                           \
     float32x4_t acc = vdupq_n_f32(0.0f);                                                            \
     for (int64_t ib = 0; ib < n / QK_TURBO; ++ib) {                                                 \
         const float * yb = y + ib*QK_TURBO;                                                         \
@@ -344,7 +394,7 @@ static void vec_dot_##NAME##_neon(int64_t n, float * s, const block_##NAME * x, 
     *s = vaddvq_f32(acc);                                                                           \
 }                                                                                                   \
 static void dequantize_##NAME##_neon(int64_t n, const block_##NAME * x, float * y) {               \
-    const uint8x16x4_t table = turbo_table_neon(NAME##_codebook, LEVELS);                           \
+    const uint8x16x4_t table = turbo_table_neon(NAME##_codebook_x16);                           \
     for (int64_t ib = 0; ib < n / QK_TURBO; ++ib) {                                                 \
         const float d = GGML_CPU_FP16_TO_FP32(x[ib].d);                                             \
         for (int g = 0; g < 8; ++g) {                                                               \
@@ -353,11 +403,23 @@ static void dequantize_##NAME##_neon(int64_t n, const block_##NAME * x, float * 
             vst1q_f32(y + ib*QK_TURBO + 8*g + 4, vmulq_n_f32(turbo_lookup_neon(vmovl_u16(vget_high_u16(idx)), table), d)); \
         }                                                                                           \
     }                                                                                               \
+}                                                                                                   \
+static void mad_##NAME##_neon(int64_t n, float * y, const block_##NAME * x, float v) {             \
+    const uint8x16x4_t table = turbo_table_neon(NAME##_codebook_x16);                           \
+    for (int64_t ib = 0; ib < n / QK_TURBO; ++ib) {                                                 \
+        const float d = v * GGML_CPU_FP16_TO_FP32(x[ib].d);                                         \
+        float * yb = y + ib*QK_TURBO;                                                               \
+        for (int g = 0; g < 8; ++g) {                                                               \
+            const uint16x8_t idx = vmovl_u8(INDEX);                                                 \
+            vst1q_f32(yb + 8*g,     vfmaq_n_f32(vld1q_f32(yb + 8*g),     turbo_lookup_neon(vmovl_u16(vget_low_u16(idx)), table), d));  \
+            vst1q_f32(yb + 8*g + 4, vfmaq_n_f32(vld1q_f32(yb + 8*g + 4), turbo_lookup_neon(vmovl_u16(vget_high_u16(idx)), table), d)); \
+        }                                                                                           \
+    }                                                                                               \
 }
 
-TURBO_NEON_KERNELS(turbo4, 16, turbo4_index_neon(&x[ib], g))
-TURBO_NEON_KERNELS(turbo3,  8, turbo3_index_neon(&x[ib], g))
-TURBO_NEON_KERNELS(turbo2,  4, turbo2_index_neon(x[ib].qs, g))
+TURBO_NEON_KERNELS(turbo4, turbo4_index_neon(&x[ib], g))
+TURBO_NEON_KERNELS(turbo3, turbo3_index_neon(&x[ib], g))
+TURBO_NEON_KERNELS(turbo2, turbo2_index_neon(x[ib].qs, g))
 
 #endif // TURBO_HAVE_NEON
 
@@ -407,6 +469,16 @@ void ggml_vec_dot_##NAME##_f32(int n, float * GGML_RESTRICT s, size_t bs, const 
 }                                                                                                   \
 void ggml_turbo_dequantize_##NAME##_cpu(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t n) { \
     dequantize_##NAME##_impl(ggml_turbo_cpu_impl(), n, x, y);                                       \
+}                                                                                                   \
+static bool mad_##NAME##_impl(enum ggml_turbo_impl impl, int64_t n, float * y, const void * x, float v) { \
+    const block_##NAME * b = (const block_##NAME *) x;                                              \
+    switch (impl) {                                                                                 \
+        case GGML_TURBO_IMPL_SCALAR: mad_##NAME##_scalar(n, y, b, v); return true;                  \
+        TURBO_CASE_AVX2(mad_##NAME##_avx2(n, y, b, v))                                              \
+        TURBO_CASE_AVX512(mad_##NAME##_avx512(n, y, b, v))                                          \
+        TURBO_CASE_NEON(mad_##NAME##_neon(n, y, b, v))                                              \
+        default: return false;                                                                      \
+    }                                                                                               \
 }
 
 #if TURBO_HAVE_AVX2
@@ -436,6 +508,19 @@ bool ggml_turbo_cpu_vec_dot(enum ggml_type type, enum ggml_turbo_impl impl, int6
         case GGML_TYPE_TURBO4: return vec_dot_turbo4_impl(impl, n, s, x, y);
         default: return false;
     }
+}
+
+bool ggml_turbo_cpu_vec_mad(enum ggml_type type, enum ggml_turbo_impl impl, int64_t n, float * y, const void * x, float v) {
+    switch (type) {
+        case GGML_TYPE_TURBO2: return mad_turbo2_impl(impl, n, y, x, v);
+        case GGML_TYPE_TURBO3: return mad_turbo3_impl(impl, n, y, x, v);
+        case GGML_TYPE_TURBO4: return mad_turbo4_impl(impl, n, y, x, v);
+        default: return false;
+    }
+}
+
+void ggml_turbo_vec_mad_cpu(enum ggml_type type, int64_t n, float * GGML_RESTRICT y, const void * GGML_RESTRICT x, float v) {
+    ggml_turbo_cpu_vec_mad(type, ggml_turbo_cpu_impl(), n, y, x, v);
 }
 
 bool ggml_turbo_cpu_dequantize(enum ggml_type type, enum ggml_turbo_impl impl, int64_t n, const void * x, float * y) {

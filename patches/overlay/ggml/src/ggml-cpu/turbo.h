@@ -22,6 +22,9 @@ void ggml_turbo_dequantize_turbo2_cpu(const void * GGML_RESTRICT x, float * GGML
 void ggml_turbo_dequantize_turbo3_cpu(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t n);
 void ggml_turbo_dequantize_turbo4_cpu(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t n);
 
+// y += v * dequantize(x): flash attention's value accumulation, fused
+void ggml_turbo_vec_mad_cpu(enum ggml_type type, int64_t n, float * GGML_RESTRICT y, const void * GGML_RESTRICT x, float v);
+
 #ifdef __cplusplus
 }
 #endif
