@@ -38,6 +38,8 @@ enum Command {
     Perplexity(commands::perplexity::Args),
     /// Prompt and generation speed per cache type and depth (llama-bench's method)
     Bench(commands::bench::Args),
+    /// KV-cache memory per cache type and context from GGUF metadata, and what fits a budget
+    Memory(commands::memory::Args),
     /// Fetch the reference models (aliases) into the cache, or list them
     Fetch(commands::fetch::Args),
 }
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => commands::perplexity::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Fetch(args) => commands::fetch::run(args),
+        Command::Memory(args) => commands::memory::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

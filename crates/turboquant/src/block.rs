@@ -410,7 +410,11 @@ pub fn c_header() -> String {
         );
         // the levels repeated to 16 entries: one 16-lane register lookup (AVX-512, NEON tables)
         let x16: Vec<f32> = (0..16).map(|i| f.codebook()[i % ty.levels()]).collect();
-        let _ = writeln!(s, "static const float {name}_codebook_x16[16] = {{ {} }};\n", list(&x16));
+        let _ = writeln!(
+            s,
+            "static const float {name}_codebook_x16[16] = {{ {} }};\n",
+            list(&x16)
+        );
     }
     s
 }

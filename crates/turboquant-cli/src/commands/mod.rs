@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod fetch;
+pub mod memory;
 pub mod perplexity;
 pub mod run;

@@ -61,6 +61,10 @@ pub struct ModelShape {
     pub head_dim_k: u64,
     pub head_dim_v: u64,
     pub n_ctx_train: u64,
+    /// Sliding-window size in tokens (0: none).
+    pub n_swa: u64,
+    /// Which layers attend through the sliding window.
+    pub swa_layers: Vec<bool>,
 }
 
 impl ModelShape {
@@ -97,6 +101,11 @@ impl ModelShape {
             .map(|v| v as u64)
             .unwrap_or(head_dim_k);
         let n_ctx_train = need("context_length")? as u64;
+        let n_swa = file
+            .arch_int("attention.sliding_window")
+            .unwrap_or(0)
+            .max(0) as u64;
+        let swa_layers = swa_layers(file, &architecture, n_layer as usize, n_swa);
         Ok(ModelShape {
             architecture,
             n_layer,
@@ -105,19 +114,35 @@ impl ModelShape {
             head_dim_k,
             head_dim_v,
             n_ctx_train,
+            n_swa,
+            swa_layers,
         })
     }
 
-    /// KV-cache bytes if every layer held `n_ctx` cells (an upper bound with sliding windows).
-    pub fn kv_bytes_upper_bound(&self, types: KvTypes, n_ctx: u64) -> u64 {
-        self.n_head_kv
-            .iter()
-            .map(|&h| {
-                n_ctx
-                    * (types.k.row_bytes(h * self.head_dim_k)
-                        + types.v.row_bytes(h * self.head_dim_v))
-            })
-            .sum()
+    /// The KV cache llama.cpp allocates for a context of `n_ctx` tokens in all, shared by `n_seq`
+    /// sequences, decoded in micro-batches of `n_ubatch`, from the model's metadata alone. It
+    /// follows llama.cpp's own sizing: the context is padded to 256 cells and split into one
+    /// stream per sequence (each padded to 256 again); sliding-window layers hold only
+    /// window + micro-batch cells (padded to 256) when that is smaller.
+    pub fn kv_cache_size(
+        &self,
+        types: KvTypes,
+        n_ctx: u64,
+        n_seq: u64,
+        n_ubatch: u64,
+    ) -> KvCacheSize {
+        let pad = |x: u64| x.div_ceil(256) * 256;
+        let n_seq = n_seq.max(1);
+        let cells = pad(pad(n_ctx) / n_seq);
+        let cells_swa = pad(cells.min(self.n_swa + n_ubatch));
+        let mut size = KvCacheSize::default();
+        for (il, &h) in self.n_head_kv.iter().enumerate() {
+            let swa = self.swa_layers.get(il).copied().unwrap_or(false);
+            let layer_cells = if swa { cells_swa } else { cells };
+            size.k_bytes += n_seq * layer_cells * types.k.row_bytes(h * self.head_dim_k);
+            size.v_bytes += n_seq * layer_cells * types.v.row_bytes(h * self.head_dim_v);
+        }
+        size
     }
 
     /// Storage bits per value of a cache with these types.
@@ -142,6 +167,30 @@ impl ModelShape {
         }
         Ok(())
     }
+}
+
+/// Which layers use the sliding window: from `<arch>.attention.sliding_window_pattern` (one flag
+/// per layer, or a period), else the period llama.cpp hard-codes for the architecture.
+fn swa_layers(file: &GgufFile, architecture: &str, n_layer: usize, n_swa: u64) -> Vec<bool> {
+    if n_swa == 0 {
+        return vec![false; n_layer];
+    }
+    let key = format!("{architecture}.attention.sliding_window_pattern");
+    if let Some(gguf_file::MetaValue::IntArray(flags)) = file.get(&key) {
+        if flags.len() == n_layer {
+            return flags.iter().map(|&f| f != 0).collect();
+        }
+    }
+    let period = match (file.int(&key), architecture) {
+        (Some(p), _) => p.max(0) as usize,
+        (None, "gemma3") => 6,
+        // an architecture whose window layout we do not know: size it as dense (an upper bound)
+        _ => return vec![false; n_layer],
+    };
+    // as llama.cpp: with a period p, layer il uses the window unless il % p == p - 1
+    (0..n_layer)
+        .map(|il| period == 0 || il % period < period - 1)
+        .collect()
 }
 
 /// A loaded model with its GGUF facts.
@@ -189,15 +238,22 @@ impl Model {
 pub struct ContextSettings {
     pub n_ctx: u32,
     pub n_batch: u32,
+    /// Micro-batch size (llama.cpp's -ub).
+    pub n_ubatch: u32,
+    /// Sequences that share the context (llama.cpp's -np), each in its own cache stream.
+    pub n_seq: u32,
     pub threads: i32,
     pub types: KvTypes,
 }
 
 impl ContextSettings {
     pub fn new(n_ctx: u32, types: KvTypes) -> ContextSettings {
+        let n_batch = n_ctx.min(2048);
         ContextSettings {
             n_ctx,
-            n_batch: n_ctx.min(2048),
+            n_batch,
+            n_ubatch: n_batch.min(512),
+            n_seq: 1,
             threads: default_threads(),
             types,
         }
@@ -283,7 +339,14 @@ pub fn new_context<'m>(
             settings.n_ctx, shape.n_ctx_train
         );
     }
-    let kv_bytes = shape.kv_bytes_upper_bound(settings.types, u64::from(settings.n_ctx));
+    let kv_bytes = shape
+        .kv_cache_size(
+            settings.types,
+            u64::from(settings.n_ctx),
+            u64::from(settings.n_seq),
+            u64::from(settings.n_ubatch),
+        )
+        .total_bytes();
     if let Some(available) = available_memory_bytes() {
         if kv_bytes > available {
             bail!(
@@ -300,7 +363,11 @@ pub fn new_context<'m>(
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(settings.n_ctx))
         .with_n_batch(settings.n_batch)
-        .with_n_ubatch(settings.n_batch.min(512))
+        .with_n_ubatch(settings.n_ubatch.min(settings.n_batch))
+        .with_n_seq_max(settings.n_seq)
+        // sliding-window layers keep only their window (llama-cli's default; the C API's is the
+        // full context)
+        .with_swa_full(false)
         .with_n_threads(settings.threads)
         .with_n_threads_batch(settings.threads)
         .with_type_k(settings.types.k.to_llama())
