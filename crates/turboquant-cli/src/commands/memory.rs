@@ -116,7 +116,7 @@ pub fn parse_bytes(text: &str) -> Result<u64> {
 
 pub fn run(args: Args) -> Result<()> {
     let types = KvTypes::parse_list(&args.kv_quant)?;
-    if args.ctx_size.iter().any(|&c| c == 0) || args.batch == 0 || args.ubatch == 0 {
+    if args.ctx_size.contains(&0) || args.batch == 0 || args.ubatch == 0 {
         bail!("context sizes, --batch and --ubatch must be above zero");
     }
     let budget = args.budget.as_deref().map(parse_bytes).transpose()?;
