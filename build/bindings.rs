@@ -14,7 +14,7 @@ const WRAPPER_FILES: [&str; 5] = [
 ];
 
 /// Our own additions to the C API, declared in headers of the overlay.
-const OWN_HEADERS: [&str; 1] = ["ggml/include/ggml-turbo.h"];
+const OWN_HEADERS: [&str; 2] = ["ggml/include/ggml-turbo.h", "include/llama-turbo-api.h"];
 
 pub fn generate(pristine: &Path, tree: &Path, out_dir: &Path) {
     for file in WRAPPER_FILES {

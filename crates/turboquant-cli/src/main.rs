@@ -2,6 +2,7 @@
 //! compression costs and saves.
 
 mod commands;
+mod document;
 mod input;
 mod llama;
 mod models;
@@ -38,8 +39,14 @@ enum Command {
     Perplexity(commands::perplexity::Args),
     /// Prompt and generation speed per cache type and depth (llama-bench's method)
     Bench(commands::bench::Args),
+    /// Attention-score fidelity of real keys under each compression method (cosine, top-1/top-5)
+    Fidelity(commands::fidelity::Args),
     /// KV-cache memory per cache type and context from GGUF metadata, and what fits a budget
     Memory(commands::memory::Args),
+    /// A fact hidden in a long document, asked for, answered with the cache compressed live
+    Needle(commands::needle::Args),
+    /// The paper's synthetic distortion table and needle retrieval, reproduced on random vectors
+    Validate(commands::validate::Args),
     /// Fetch the reference models (aliases) into the cache, or list them
     Fetch(commands::fetch::Args),
 }
@@ -65,7 +72,10 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => commands::perplexity::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Fetch(args) => commands::fetch::run(args),
+        Command::Fidelity(args) => commands::fidelity::run(args),
         Command::Memory(args) => commands::memory::run(args),
+        Command::Needle(args) => commands::needle::run(args),
+        Command::Validate(args) => commands::validate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,6 +68,18 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     }
 }
 
+/// A short name for file names: the alias, else the file's stem.
+pub fn slug(spec: &str, path: &std::path::Path) -> String {
+    match ALIASES.iter().find(|a| a.name.eq_ignore_ascii_case(spec)) {
+        Some(alias) => alias.name.to_string(),
+        None => path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
+    }
+}
+
 /// Where fetched models live: $TURBOQUANT_CACHE, else $XDG_CACHE_HOME/turboquant, else
 /// ~/.cache/turboquant.
 pub fn cache_dir() -> Result<PathBuf> {

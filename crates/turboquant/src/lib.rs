@@ -82,4 +82,6 @@ pub use mse::{CodebookKind, MseCode, MseQuery, QuantizerOptions, TurboQuantMse};
 pub use prod::{ProdCode, ProdQuery, TurboQuantProd};
 pub use rng::{random_normal, random_unit_vectors};
 pub use rotation::{Rotation, RotationKind};
-pub use validate::{validate, ValidationConfig, ValidationRow, PAPER_IP, PAPER_MSE};
+pub use validate::{
+    needle_retrieval, validate, NeedleRow, ValidationConfig, ValidationRow, PAPER_IP, PAPER_MSE,
+};

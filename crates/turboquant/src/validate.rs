@@ -123,3 +123,82 @@ pub fn validate(config: &ValidationConfig) -> Result<Vec<ValidationRow>> {
     }
     Ok(rows)
 }
+
+/// Needle retrieval on random unit vectors, one row per bit width: among `keys` random unit
+/// keys, one is planted at cosine `cosine` with the query; how often is it still the top score
+/// after compression?
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NeedleRow {
+    /// Bits per coordinate.
+    pub bits: u8,
+    /// Share of queries whose top score under TurboQuant_mse keys is the needle.
+    pub mse_found: f64,
+    /// The same under TurboQuant_prod keys.
+    pub prod_found: f64,
+}
+
+/// Runs the needle test of [`NeedleRow`] with `queries` queries against `keys` keys in
+/// dimension `config.dim`, for each of `config.bits`.
+pub fn needle_retrieval(
+    config: &ValidationConfig,
+    keys: usize,
+    queries: usize,
+    cosine: f32,
+) -> Result<Vec<NeedleRow>> {
+    if keys == 0 || queries == 0 || !(0.0..1.0).contains(&cosine) {
+        return Err(Error::InvalidInput(
+            "needle retrieval needs keys, queries and a cosine in [0, 1)".into(),
+        ));
+    }
+    let d = config.dim;
+    let options = QuantizerOptions::with_rotation(config.rotation);
+    let key_set = random_unit_vectors(keys, d, config.seed.wrapping_add(10));
+    let qs = random_unit_vectors(queries, d, config.seed.wrapping_add(11));
+    let fillers = random_unit_vectors(queries, d, config.seed.wrapping_add(12));
+    let mut rows = Vec::new();
+    for &bits in &config.bits {
+        let mse_q = TurboQuantMse::with_options(d, bits, config.seed, &options)?;
+        let prod_q = TurboQuantProd::with_options(d, bits, config.seed, &options)?;
+        let mse_codes = key_set
+            .chunks_exact(d)
+            .map(|k| mse_q.quantize(k))
+            .collect::<Result<Vec<_>>>()?;
+        let prod_codes = key_set
+            .chunks_exact(d)
+            .map(|k| prod_q.quantize(k))
+            .collect::<Result<Vec<_>>>()?;
+        let (mut mse_found, mut prod_found) = (0usize, 0usize);
+        for (q, f) in qs.chunks_exact(d).zip(fillers.chunks_exact(d)) {
+            // needle = cosine·q + sqrt(1 - cosine²)·(f orthogonalised against q)
+            let fq = linalg::dot(f, q);
+            let mut perp: Vec<f32> = f.iter().zip(q).map(|(a, b)| a - fq * b).collect();
+            let norm = linalg::dot(&perp, &perp).sqrt();
+            perp.iter_mut().for_each(|v| *v /= norm);
+            let side = (1.0 - cosine * cosine).sqrt();
+            let needle: Vec<f32> = q
+                .iter()
+                .zip(&perp)
+                .map(|(a, b)| cosine * a + side * b)
+                .collect();
+
+            let mse_needle = mse_q.inner_product(q, &mse_q.quantize(&needle)?)?;
+            let mse_best = mse_codes
+                .iter()
+                .map(|c| mse_q.inner_product(q, c))
+                .collect::<Result<Vec<_>>>()?;
+            mse_found += usize::from(mse_best.iter().all(|&s| s < mse_needle));
+            let prod_needle = prod_q.inner_product(q, &prod_q.quantize(&needle)?)?;
+            let prod_best = prod_codes
+                .iter()
+                .map(|c| prod_q.inner_product(q, c))
+                .collect::<Result<Vec<_>>>()?;
+            prod_found += usize::from(prod_best.iter().all(|&s| s < prod_needle));
+        }
+        rows.push(NeedleRow {
+            bits,
+            mse_found: mse_found as f64 / queries as f64,
+            prod_found: prod_found as f64 / queries as f64,
+        });
+    }
+    Ok(rows)
+}

@@ -2,6 +2,7 @@
 // transform that uses them (see llama-turbo.h for why it leaves attention unchanged).
 
 #include "llama-turbo.h"
+#include "llama-turbo-api.h"
 
 #include "llama-context.h"
 #include "llama-impl.h"
@@ -346,4 +347,36 @@ void llama_context::turbo_calibrate() {
 
     LLAMA_LOG_INFO("%s: turbo cache: calibrated %d layers on %d tokens in %.1f ms\n", __func__, n_done, n,
             (ggml_time_us() - t_start_us)/1000.0);
+}
+
+//
+// the public read-out of the parameters
+//
+
+bool llama_turbo_layer_params(llama_context * ctx, int32_t il, float * mu, float * scale, int64_t n) {
+    llama_memory_t mem = llama_get_memory(ctx);
+    std::vector<llama_kv_cache *> caches;
+    if (auto * kv = dynamic_cast<llama_kv_cache *>(mem)) {
+        caches.push_back(kv);
+    } else if (auto * iswa = dynamic_cast<llama_kv_cache_iswa *>(mem)) {
+        caches.push_back(iswa->get_base());
+        caches.push_back(iswa->get_swa());
+    }
+    for (auto * kv : caches) {
+        ggml_tensor * t = kv->turbo_params(il);
+        if (!t) {
+            continue;
+        }
+        const int64_t d    = t->ne[0];
+        const int64_t n_kv = llama_get_model(ctx)->hparams.n_head_kv(il);
+        if (n != d*n_kv) {
+            return false;
+        }
+        std::vector<float> data(ggml_nelements(t));
+        ggml_backend_tensor_get(t, data.data(), 0, ggml_nbytes(t));
+        std::copy(data.begin(), data.begin() + n, mu);
+        std::copy(data.begin() + n, data.begin() + 2*n, scale);
+        return true;
+    }
+    return false;
 }

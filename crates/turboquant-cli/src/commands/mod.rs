@@ -2,6 +2,9 @@
 
 pub mod bench;
 pub mod fetch;
+pub mod fidelity;
 pub mod memory;
+pub mod needle;
 pub mod perplexity;
 pub mod run;
+pub mod validate;

@@ -62,6 +62,24 @@ impl CacheType {
         unsafe { CStr::from_ptr(ptr) }.to_str().unwrap_or("?")
     }
 
+    /// turbo2, turbo3 or turbo4.
+    pub fn turbo(bits: u8) -> CacheType {
+        Self::lookup(&format!("turbo{bits}")).expect("this build has the turbo types")
+    }
+
+    pub fn ggml(self) -> sys::ggml_type {
+        self.ggml
+    }
+
+    pub fn is_quantized(self) -> bool {
+        unsafe { sys::ggml_is_quantized(self.ggml) }
+    }
+
+    /// Storage bits per value, scales included.
+    pub fn bits_per_value(self) -> f64 {
+        self.type_size() as f64 * 8.0 / self.block_size() as f64
+    }
+
     /// Values per block.
     pub fn block_size(self) -> u64 {
         unsafe { sys::ggml_blck_size(self.ggml) as u64 }

@@ -4,6 +4,7 @@
 pub mod cache_type;
 pub mod gguf_file;
 pub mod logs;
+pub mod raw;
 
 use std::num::NonZeroU32;
 use std::path::Path;

@@ -1,0 +1,20 @@
+// TurboQuant KV cache: what a context measured for its turbo cache types, for tools that study
+// the cache (the `turboquant fidelity` command reproduces the cache's scores with it).
+
+#pragma once
+
+#include "llama.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+    // The calibrated transform of layer il: mu and scale, each n_head_kv * n_embd_head_k floats
+    // (KV head by KV head). K is stored as (k - mu) * scale and Q enters attention as q / scale,
+    // both then rotated by the Hadamard matrix llama.cpp applies to quantized caches.
+    // Returns false when the layer has no turbo cache (or n is not the layer's size).
+    LLAMA_API bool llama_turbo_layer_params(struct llama_context * ctx, int32_t il, float * mu, float * scale, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
