@@ -201,9 +201,8 @@ fn generate(
     }
     let mut sampler = LlamaSampler::greedy();
     let mut bytes = Vec::new();
-    let mut pos = prompt.len();
     let mut last = batch.n_tokens() - 1;
-    for _ in 0..n_predict {
+    for pos in prompt.len()..prompt.len() + n_predict as usize {
         let token = sampler.sample(ctx, last);
         if vocab.is_eog(token) {
             break;
@@ -215,7 +214,6 @@ fn generate(
         batch.clear();
         batch.add(token, pos as i32, &[0], true)?;
         ctx.decode(&mut batch)?;
-        pos += 1;
         last = 0;
     }
     Ok(String::from_utf8_lossy(&bytes).into_owned())

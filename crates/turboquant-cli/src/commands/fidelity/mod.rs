@@ -181,7 +181,8 @@ pub fn run(args: Args) -> Result<()> {
             continue;
         }
         let t = m.cache_type().expect("turbo has a cache type");
-        let ctx = RawContext::new(&model, 512, 512, threads, KvTypes { k: t, v: t }, None)?;
+        // a context as long as the longest measured, as a real one would be
+        let ctx = RawContext::new(&model, longest as u32, 512, threads, KvTypes { k: t, v: t }, None)?;
         let n = (shape.head_dim_k * shape.n_head_kv.iter().max().copied().unwrap_or(1)) as usize;
         let layers = (0..shape.n_layer as usize)
             .filter_map(|il| {

@@ -1,0 +1,118 @@
+//! The evaluation commands: memory, fidelity, needle, validate.
+
+mod common;
+
+use common::{smollm2, turboquant};
+
+fn gemma3() -> std::path::PathBuf {
+    let out = turboquant().args(["fetch", "gemma3-270m"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn memory_model_matches_llama_cpp_to_the_byte_on_both_models() {
+    for (model, batch) in [(smollm2(), "1"), (smollm2(), "2"), (gemma3(), "1")] {
+        let out = turboquant()
+            .args(["memory", "-m"])
+            .arg(&model)
+            .args(["-c", "700,2048", "--batch", batch, "--verify", "--kv-quant", "f16,q8_0,q4_0,turbo4,turbo3,turbo2"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("matches the bytes llama.cpp allocated"), "{stdout}");
+    }
+}
+
+#[test]
+fn memory_budget_fits_longer_contexts_with_smaller_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.json");
+    let out = turboquant()
+        .args(["memory", "-m"])
+        .arg(gemma3())
+        .args(["-c", "32768", "--budget", "32MiB", "--kv-quant", "f16,q8_0,q4_0,turbo4,turbo3,turbo2", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&path);
+    let longest: Vec<u64> = report["fits"].as_array().unwrap().iter().map(|f| f["max_ctx_size"].as_u64().unwrap()).collect();
+    assert!(longest.windows(2).all(|w| w[0] < w[1]), "{longest:?}");
+    // Gemma's 15 window layers keep 512 + 512 cells: at 32768 tokens only 3 layers grow
+    let f16 = report["entries"][0]["total_bytes"].as_u64().unwrap();
+    assert_eq!(f16, 2 * 2 * 256 * (3 * 32768 + 15 * 1024));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("15 of them with a 512-token window"));
+}
+
+#[test]
+fn fidelity_writes_one_json_per_method_and_finds_qjl_worse_at_equal_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = turboquant()
+        .args(["fidelity", "-m"])
+        .arg(smollm2())
+        .args(["--contexts", "256,512", "--bits", "3", "--methods", "mse,prod,turbo,q8_0", "--queries", "4", "--json-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("context 512:"), "{stdout}");
+
+    let read = |name: &str| json(&dir.path().join(name));
+    let mse = read("fidelity-smollm2-135m-mse-3bit.json");
+    let prod = read("fidelity-smollm2-135m-prod-3bit.json");
+    let turbo = read("fidelity-smollm2-135m-turbo-3bit.json");
+    let q8 = read("fidelity-smollm2-135m-q8_0.json");
+    let at = |r: &serde_json::Value, key: &str| r["by_context"]["512"][key].as_f64().unwrap();
+    assert_eq!(mse["bits"].as_f64().unwrap(), 3.0);
+    assert_eq!(at(&mse, "seq_len"), 512.0);
+    assert_eq!(mse["by_context"]["512"]["per_layer"].as_array().unwrap().len(), 30);
+    assert!(at(&q8, "cosine_similarity") > 0.999);
+    assert!((at(&turbo, "compression_ratio") - 16.0 / 3.25).abs() < 1e-9);
+    for r in [&mse, &prod, &turbo] {
+        let c = at(r, "cosine_similarity");
+        assert!((0.8..1.0).contains(&c), "{c}");
+        let top5 = at(r, "top5_match_pct");
+        assert!(top5 >= at(r, "top1_match_pct") && top5 <= 100.0);
+    }
+    // at equal bits, the 1-bit QJL stage costs more than the MSE bit it replaces
+    assert!(at(&prod, "cosine_similarity") < at(&mse, "cosine_similarity"));
+}
+
+#[test]
+fn needle_is_found_with_the_f16_cache_near_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("needle.json");
+    let out = turboquant()
+        .args(["needle", "-m"])
+        .arg(smollm2())
+        .args(["--contexts", "512", "--depths", "0.9", "--kv-quant", "f16,turbo4", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&path);
+    let trials = report["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 2);
+    assert_eq!(trials[0]["cache"], "f16");
+    assert!(trials[0]["exact_match"].as_bool().unwrap(), "{:?}", trials[0]);
+    assert!(trials[0]["prompt_tokens"].as_u64().unwrap() <= 512);
+}
+
+#[test]
+fn validate_reproduces_the_papers_table() {
+    let out = turboquant().args(["validate", "--vectors", "1000"]).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // the 3-bit row: measured MSE near 0.034 next to the paper's 0.03
+    let row = stdout.lines().find(|l| l.contains("│    3 ┆")).expect("a 3-bit row");
+    let mse: f64 = row.split('┆').nth(1).unwrap().trim().parse().unwrap();
+    assert!((0.031..0.037).contains(&mse), "{row}");
+    assert!(stdout.contains("needle retrieval"));
+}
