@@ -47,6 +47,10 @@ enum Command {
     Needle(commands::needle::Args),
     /// The paper's synthetic distortion table and needle retrieval, reproduced on random vectors
     Validate(commands::validate::Args),
+    /// Charts (SVG, PNG) and one HTML page from the JSON the other commands write
+    Report(commands::report::Args),
+    /// A local web page: f16 and a compressed cache generating side by side, streamed
+    Serve(commands::serve::Args),
     /// Fetch the reference models (aliases) into the cache, or list them
     Fetch(commands::fetch::Args),
 }
@@ -76,6 +80,8 @@ fn main() -> ExitCode {
         Command::Memory(args) => commands::memory::run(args),
         Command::Needle(args) => commands::needle::run(args),
         Command::Validate(args) => commands::validate::run(args),
+        Command::Report(args) => commands::report::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,8 +5,15 @@ mod common;
 use common::{smollm2, turboquant};
 
 fn gemma3() -> std::path::PathBuf {
-    let out = turboquant().args(["fetch", "gemma3-270m"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = turboquant()
+        .args(["fetch", "gemma3-270m"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -20,12 +27,27 @@ fn memory_model_matches_llama_cpp_to_the_byte_on_both_models() {
         let out = turboquant()
             .args(["memory", "-m"])
             .arg(&model)
-            .args(["-c", "700,2048", "--batch", batch, "--verify", "--kv-quant", "f16,q8_0,q4_0,turbo4,turbo3,turbo2"])
+            .args([
+                "-c",
+                "700,2048",
+                "--batch",
+                batch,
+                "--verify",
+                "--kv-quant",
+                "f16,q8_0,q4_0,turbo4,turbo3,turbo2",
+            ])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("matches the bytes llama.cpp allocated"), "{stdout}");
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("matches the bytes llama.cpp allocated"),
+            "{stdout}"
+        );
     }
 }
 
@@ -36,13 +58,30 @@ fn memory_budget_fits_longer_contexts_with_smaller_types() {
     let out = turboquant()
         .args(["memory", "-m"])
         .arg(gemma3())
-        .args(["-c", "32768", "--budget", "32MiB", "--kv-quant", "f16,q8_0,q4_0,turbo4,turbo3,turbo2", "--json"])
+        .args([
+            "-c",
+            "32768",
+            "--budget",
+            "32MiB",
+            "--kv-quant",
+            "f16,q8_0,q4_0,turbo4,turbo3,turbo2",
+            "--json",
+        ])
         .arg(&path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = json(&path);
-    let longest: Vec<u64> = report["fits"].as_array().unwrap().iter().map(|f| f["max_ctx_size"].as_u64().unwrap()).collect();
+    let longest: Vec<u64> = report["fits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["max_ctx_size"].as_u64().unwrap())
+        .collect();
     assert!(longest.windows(2).all(|w| w[0] < w[1]), "{longest:?}");
     // Gemma's 15 window layers keep 512 + 512 cells: at 32768 tokens only 3 layers grow
     let f16 = report["entries"][0]["total_bytes"].as_u64().unwrap();
@@ -56,12 +95,26 @@ fn fidelity_writes_one_json_per_method_and_finds_qjl_worse_at_equal_bits() {
     let out = turboquant()
         .args(["fidelity", "-m"])
         .arg(smollm2())
-        .args(["--contexts", "256,512", "--bits", "3", "--methods", "mse,prod,turbo,q8_0", "--queries", "4", "--json-dir"])
+        .args([
+            "--contexts",
+            "256,512",
+            "--bits",
+            "3",
+            "--methods",
+            "mse,prod,turbo,q8_0",
+            "--queries",
+            "4",
+            "--json-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("context 512:"), "{stdout}");
 
     let read = |name: &str| json(&dir.path().join(name));
@@ -72,7 +125,13 @@ fn fidelity_writes_one_json_per_method_and_finds_qjl_worse_at_equal_bits() {
     let at = |r: &serde_json::Value, key: &str| r["by_context"]["512"][key].as_f64().unwrap();
     assert_eq!(mse["bits"].as_f64().unwrap(), 3.0);
     assert_eq!(at(&mse, "seq_len"), 512.0);
-    assert_eq!(mse["by_context"]["512"]["per_layer"].as_array().unwrap().len(), 30);
+    assert_eq!(
+        mse["by_context"]["512"]["per_layer"]
+            .as_array()
+            .unwrap()
+            .len(),
+        30
+    );
     assert!(at(&q8, "cosine_similarity") > 0.999);
     assert!((at(&turbo, "compression_ratio") - 16.0 / 3.25).abs() < 1e-9);
     for r in [&mse, &prod, &turbo] {
@@ -92,27 +151,112 @@ fn needle_is_found_with_the_f16_cache_near_the_end() {
     let out = turboquant()
         .args(["needle", "-m"])
         .arg(smollm2())
-        .args(["--contexts", "512", "--depths", "0.9", "--kv-quant", "f16,turbo4", "--json"])
+        .args([
+            "--contexts",
+            "512",
+            "--depths",
+            "0.9",
+            "--kv-quant",
+            "f16,turbo4",
+            "--json",
+        ])
         .arg(&path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = json(&path);
     let trials = report["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 2);
     assert_eq!(trials[0]["cache"], "f16");
-    assert!(trials[0]["exact_match"].as_bool().unwrap(), "{:?}", trials[0]);
+    assert!(
+        trials[0]["exact_match"].as_bool().unwrap(),
+        "{:?}",
+        trials[0]
+    );
     assert!(trials[0]["prompt_tokens"].as_u64().unwrap() <= 512);
 }
 
 #[test]
 fn validate_reproduces_the_papers_table() {
-    let out = turboquant().args(["validate", "--vectors", "1000"]).output().unwrap();
+    let out = turboquant()
+        .args(["validate", "--vectors", "1000"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     // the 3-bit row: measured MSE near 0.034 next to the paper's 0.03
-    let row = stdout.lines().find(|l| l.contains("│    3 ┆")).expect("a 3-bit row");
+    let row = stdout
+        .lines()
+        .find(|l| l.contains("│    3 ┆"))
+        .expect("a 3-bit row");
     let mse: f64 = row.split('┆').nth(1).unwrap().trim().parse().unwrap();
     assert!((0.031..0.037).contains(&mse), "{row}");
     assert!(stdout.contains("needle retrieval"));
+}
+
+#[test]
+fn report_is_byte_stable_and_holds_every_chart() {
+    let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../results");
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for dir in [&a, &b] {
+        let out = turboquant()
+            .arg("report")
+            .arg(&results)
+            .arg("--out")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut names: Vec<String> = std::fs::read_dir(a.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in ["compression.svg", "compression.png", "index.html"] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} missing from {names:?}"
+        );
+    }
+    for prefix in [
+        "kld-",
+        "ppl-ratio-",
+        "fidelity-cosine-",
+        "fidelity-top1-",
+        "memory-",
+        "speed-",
+    ] {
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with(prefix) && n.ends_with(".png")),
+            "no {prefix} chart in {names:?}"
+        );
+    }
+    for name in &names {
+        let x = std::fs::read(a.path().join(name)).unwrap();
+        let y = std::fs::read(b.path().join(name)).unwrap();
+        assert!(x == y, "{name} differs between two runs on the same input");
+        if name.ends_with(".png") {
+            assert_eq!(&x[..8], b"\x89PNG\r\n\x1a\n");
+        }
+    }
+    let page = std::fs::read_to_string(a.path().join("index.html")).unwrap();
+    for title in [
+        "KL divergence from the f16 cache",
+        "Needle in a haystack",
+        "Attention-score fidelity",
+        "<svg",
+    ] {
+        assert!(page.contains(title), "{title} missing from the page");
+    }
 }

@@ -6,5 +6,7 @@ pub mod fidelity;
 pub mod memory;
 pub mod needle;
 pub mod perplexity;
+pub mod report;
 pub mod run;
+pub mod serve;
 pub mod validate;

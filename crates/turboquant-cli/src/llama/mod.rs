@@ -25,7 +25,7 @@ static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
 
 /// Contexts are created one at a time: llama.cpp's context constructor is not safe to run
 /// concurrently on one model, and we read its log lines right after.
-static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
+pub(crate) static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
 
 /// The process-wide llama.cpp backend (initialised on first use, with the log captured).
 pub fn backend() -> &'static LlamaBackend {

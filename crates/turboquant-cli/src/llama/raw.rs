@@ -91,6 +91,9 @@ impl<'m> RawContext<'m> {
         types: KvTypes,
         callback: Option<(EvalCallback, *mut c_void)>,
     ) -> Result<RawContext<'m>> {
+        let _one_at_a_time = super::CONTEXT_CREATION
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mark = logs::mark();
         // SAFETY: plain parameters; the callback data outlives the context (the caller's promise).
         let ptr = unsafe {

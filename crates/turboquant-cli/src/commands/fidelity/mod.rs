@@ -23,7 +23,7 @@ use serde::Serialize;
 use turboquant::metrics::HeadFidelity;
 
 use crate::llama::raw::{RawContext, RawModel};
-use crate::llama::{self, GgufFile, KvTypes, ModelShape};
+use crate::llama::{self, CacheType, GgufFile, KvTypes, ModelShape};
 use crate::{document, input, models};
 use methods::{Kind, Layer, Method, TurboParams};
 
@@ -174,25 +174,6 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
 
-    // the turbo transform each turbo width's context measured, per layer
-    let mut turbo: BTreeMap<u8, BTreeMap<usize, TurboParams>> = BTreeMap::new();
-    for m in methods.iter().filter(|m| m.kind == Kind::Turbo) {
-        if turbo.contains_key(&m.bits) {
-            continue;
-        }
-        let t = m.cache_type().expect("turbo has a cache type");
-        // a context as long as the longest measured, as a real one would be
-        let ctx = RawContext::new(&model, longest as u32, 512, threads, KvTypes { k: t, v: t }, None)?;
-        let n = (shape.head_dim_k * shape.n_head_kv.iter().max().copied().unwrap_or(1)) as usize;
-        let layers = (0..shape.n_layer as usize)
-            .filter_map(|il| {
-                ctx.turbo_params(il, n)
-                    .map(|(mu, scale)| (il, TurboParams { mu, scale }))
-            })
-            .collect();
-        turbo.insert(m.bits, layers);
-    }
-
     let bar = ProgressBar::new(shape.n_layer);
     bar.set_style(
         ProgressStyle::with_template(
@@ -202,53 +183,22 @@ pub fn run(args: Args) -> Result<()> {
     );
     bar.set_message(format!("capturing Q and K over {longest} tokens"));
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
-
-    // sums[method][seed][context][layer]
-    let mut sums: Vec<Vec<BTreeMap<usize, BTreeMap<usize, LayerSums>>>> =
-        vec![vec![BTreeMap::new(); args.seeds as usize]; methods.len()];
-    let mut bits_used = vec![0f64; methods.len()];
-    let mut failure: Option<anyhow::Error> = None;
-    {
-        let mut capture = capture::Capture::new(|layer| {
-            if failure.is_some() {
-                return;
-            }
-            bar.set_message(format!("layer {}", layer.layer));
-            let result = analyze_layer(
-                &layer,
-                &contexts,
-                args.queries,
-                &methods,
-                args.seeds,
-                &turbo,
-                &mut sums,
-                &mut bits_used,
-            );
-            if let Err(e) = result {
-                failure = Some(e.context(format!("layer {}", layer.layer)));
-            }
+    let measured = measure(
+        &model,
+        &shape,
+        &tokens[..longest],
+        &contexts,
+        args.queries,
+        &methods,
+        args.seeds,
+        threads,
+        |layer| {
+            bar.set_message(format!("layer {layer}"));
             bar.inc(1);
-        });
-        let data: *mut capture::Capture = &mut capture;
-        let mut ctx = RawContext::new(
-            &model,
-            longest as u32,
-            longest as u32,
-            threads,
-            KvTypes::F16,
-            Some((capture::callback, data as *mut c_void)),
-        )?;
-        ctx.decode(&tokens[..longest])?;
-        drop(ctx);
-        capture.finish();
-        if capture.layers_seen == 0 {
-            bail!("no query/key tensors were captured (this architecture does not name them Qcur/Kcur)");
-        }
-    }
+        },
+    )?;
     bar.finish_and_clear();
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let (sums, bits_used) = (measured.sums, measured.bits);
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let reports: Vec<MethodReport> = methods
@@ -299,6 +249,134 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Per method: sums[seed][context][layer]; and the bits per value each method stored.
+pub struct Measured {
+    sums: Vec<Vec<BTreeMap<usize, BTreeMap<usize, LayerSums>>>>,
+    bits: Vec<f64>,
+}
+
+/// Captures Q and K over `tokens` (the longest context) in one pass and scores every method on
+/// every context (a prefix of the pass), layer by layer; `on_layer` is called as each is done.
+#[allow(clippy::too_many_arguments)]
+pub fn measure(
+    model: &RawModel,
+    shape: &ModelShape,
+    tokens: &[i32],
+    contexts: &[usize],
+    queries: usize,
+    methods: &[Method],
+    seeds: u64,
+    threads: i32,
+    mut on_layer: impl FnMut(usize),
+) -> Result<Measured> {
+    let longest = tokens.len();
+    // the turbo transform each turbo width's context measured, per layer
+    let mut turbo: BTreeMap<u8, BTreeMap<usize, TurboParams>> = BTreeMap::new();
+    for m in methods.iter().filter(|m| m.kind == Kind::Turbo) {
+        if turbo.contains_key(&m.bits) {
+            continue;
+        }
+        let t = m.cache_type().expect("turbo has a cache type");
+        // a context as long as the longest measured, as a real one would be
+        let ctx = RawContext::new(
+            model,
+            longest.max(512) as u32,
+            512,
+            threads,
+            KvTypes { k: t, v: t },
+            None,
+        )?;
+        let n = (shape.head_dim_k * shape.n_head_kv.iter().max().copied().unwrap_or(1)) as usize;
+        let layers = (0..shape.n_layer as usize)
+            .filter_map(|il| {
+                ctx.turbo_params(il, n)
+                    .map(|(mu, scale)| (il, TurboParams { mu, scale }))
+            })
+            .collect();
+        turbo.insert(m.bits, layers);
+    }
+
+    let mut sums: Vec<Vec<BTreeMap<usize, BTreeMap<usize, LayerSums>>>> =
+        vec![vec![BTreeMap::new(); seeds as usize]; methods.len()];
+    let mut bits = vec![0f64; methods.len()];
+    let mut failure: Option<anyhow::Error> = None;
+    {
+        let mut capture = capture::Capture::new(|layer| {
+            if failure.is_some() {
+                return;
+            }
+            let result = analyze_layer(
+                &layer, contexts, queries, methods, seeds, &turbo, &mut sums, &mut bits,
+            );
+            if let Err(e) = result {
+                failure = Some(e.context(format!("layer {}", layer.layer)));
+            }
+            on_layer(layer.layer);
+        });
+        let data: *mut capture::Capture = &mut capture;
+        let mut ctx = RawContext::new(
+            model,
+            longest as u32,
+            longest as u32,
+            threads,
+            KvTypes::F16,
+            Some((capture::callback, data as *mut c_void)),
+        )?;
+        ctx.decode(tokens)?;
+        drop(ctx);
+        capture.finish();
+        if capture.layers_seen == 0 {
+            bail!("no query/key tensors were captured (this architecture does not name them Qcur/Kcur)");
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(Measured { sums, bits })
+}
+
+/// The fidelity of one cache type's keys over a whole prompt (the web page shows it).
+pub fn prompt_summary(
+    model: &RawModel,
+    shape: &ModelShape,
+    tokens: &[i32],
+    k_type: CacheType,
+    threads: i32,
+) -> Result<Metrics> {
+    if tokens.len() < 2 {
+        bail!("the prompt is too short to measure");
+    }
+    let name = k_type.name();
+    let method = match name
+        .strip_prefix("turbo")
+        .and_then(|b| b.parse::<u8>().ok())
+    {
+        Some(bits) => Method {
+            kind: Kind::Turbo,
+            bits,
+            name: "turbo".into(),
+        },
+        None => Method {
+            kind: Kind::Ggml(k_type),
+            bits: 0,
+            name: name.into(),
+        },
+    };
+    let context = tokens.len();
+    let measured = measure(
+        model,
+        shape,
+        tokens,
+        &[context],
+        8,
+        std::slice::from_ref(&method),
+        1,
+        threads,
+        |_| {},
+    )?;
+    Ok(context_entry(&measured.sums[0], context, measured.bits[0]).metrics)
 }
 
 /// Sample positions of a context: its last token and `n` spread over its second half.
