@@ -51,6 +51,8 @@ enum Command {
     Report(commands::report::Args),
     /// A local web page: f16 and a compressed cache generating side by side, streamed
     Serve(commands::serve::Args),
+    /// Print the built-in long document (varied made-up prose) that fidelity and needle read
+    Document(commands::document::Args),
     /// Fetch the reference models (aliases) into the cache, or list them
     Fetch(commands::fetch::Args),
 }
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::validate::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Document(args) => commands::document::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

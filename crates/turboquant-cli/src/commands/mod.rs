@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod document;
 pub mod fetch;
 pub mod fidelity;
 pub mod memory;

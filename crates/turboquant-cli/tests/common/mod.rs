@@ -32,20 +32,33 @@ pub fn smollm2() -> PathBuf {
     .clone()
 }
 
-/// WikiText-2's test split from the shared data folder (or $TURBOQUANT_TEXT).
+/// WikiText-2's test split from the shared data folder (or $TURBOQUANT_TEXT); where neither
+/// exists, the built-in document (`turboquant document`) written to a temporary file.
 pub fn wikitext() -> PathBuf {
-    if let Some(p) = std::env::var_os("TURBOQUANT_TEXT") {
-        return PathBuf::from(p);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    for candidate in [
-        "../shared/data/wikitext-2-test.txt",
-        "data/wikitext-2-test.txt",
-    ] {
-        let p = root.join(candidate);
-        if p.is_file() {
-            return p;
+    text().0
+}
+
+/// The scoring text and whether it is WikiText-2.
+pub fn text() -> (PathBuf, bool) {
+    static TEXT: OnceLock<(PathBuf, bool)> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        if let Some(p) = std::env::var_os("TURBOQUANT_TEXT") {
+            return (PathBuf::from(p), true);
         }
-    }
-    panic!("wikitext-2-test.txt not found: set TURBOQUANT_TEXT")
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let shared = root.join("../shared/data/wikitext-2-test.txt");
+        if shared.is_file() {
+            return (shared, true);
+        }
+        let out = turboquant()
+            .args(["document", "--bytes", "300000"])
+            .output()
+            .expect("run document");
+        assert!(out.status.success());
+        let path =
+            std::env::temp_dir().join(format!("turboquant-test-text-{}.txt", std::process::id()));
+        std::fs::write(&path, out.stdout).unwrap();
+        (path, false)
+    })
+    .clone()
 }
