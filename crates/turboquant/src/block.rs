@@ -362,7 +362,13 @@ pub fn c_header() -> String {
         "// Tables of the turbo2/turbo3/turbo4 KV-cache types.\n\
          // Generated from the Rust reference (crates/turboquant/src/block.rs); do not edit.\n\
          // Regenerate: cargo run -p turboquant --example ggml_tables > patches/overlay/ggml/src/ggml-turbo-tables.h\n\n\
-         #pragma once\n\n",
+         #pragma once\n\n\
+         // the same tables in device memory for the CUDA kernels\n\
+         #if defined(__CUDACC__)\n\
+         #define TURBO_TABLE static const __device__ float\n\
+         #else\n\
+         #define TURBO_TABLE static const float\n\
+         #endif\n\n",
     );
     let _ = writeln!(s, "#define TURBO_SCALE_CANDIDATES {SCALE_CANDIDATES}");
     let _ = writeln!(s, "#define TURBO_MIN_MAGNITUDE {MIN_MAGNITUDE:?}f\n");
@@ -380,12 +386,12 @@ pub fn c_header() -> String {
     );
     let _ = writeln!(
         s,
-        "static const float turbo_scale_grid[{SCALE_CANDIDATES}] = {{ {} }};",
+        "TURBO_TABLE turbo_scale_grid[{SCALE_CANDIDATES}] = {{ {} }};",
         list(grid.scale_grid())
     );
     let _ = writeln!(
         s,
-        "static const float turbo_scale_grid_inv[{SCALE_CANDIDATES}] = {{ {} }};\n",
+        "TURBO_TABLE turbo_scale_grid_inv[{SCALE_CANDIDATES}] = {{ {} }};\n",
         list(&grid.scale_grid_inv)
     );
     for ty in TurboType::ALL {
@@ -398,13 +404,13 @@ pub fn c_header() -> String {
         );
         let _ = writeln!(
             s,
-            "static const float {name}_codebook[{}] = {{ {} }};",
+            "TURBO_TABLE {name}_codebook[{}] = {{ {} }};",
             ty.levels(),
             list(f.codebook())
         );
         let _ = writeln!(
             s,
-            "static const float {name}_boundaries[{}] = {{ {} }};",
+            "TURBO_TABLE {name}_boundaries[{}] = {{ {} }};",
             ty.levels() - 1,
             list(f.boundaries())
         );
@@ -412,7 +418,7 @@ pub fn c_header() -> String {
         let x16: Vec<f32> = (0..16).map(|i| f.codebook()[i % ty.levels()]).collect();
         let _ = writeln!(
             s,
-            "static const float {name}_codebook_x16[16] = {{ {} }};\n",
+            "TURBO_TABLE {name}_codebook_x16[16] = {{ {} }};\n",
             list(&x16)
         );
     }
