@@ -1,27 +1,99 @@
 #!/usr/bin/env bash
-# On the GPU machine, beside the files `pack` made (.gpu/, or a copy of it in /tmp): builds
+# On the GPU machine, beside the files `pack` made (.gpu/ in the carried working tree): builds
 # llama.cpp with CUDA from the packed tree (once per machine, in /tmp/tq), then runs
-# `turboquant ARGS...` against it.
-#   remote.sh build            only build (run it in the background while models arrive)
-#   remote.sh ARGS...          build if needed, then run turboquant ARGS...
+# `turboquant` against it.
+#
+#   remote.sh build              only build (start it in the background while models arrive:
+#                                setsid nohup bash .gpu/remote.sh build > /tmp/tq-build.out 2>&1 &)
+#   remote.sh models DIR...      join model pieces (from ../shared/tools/device-chunks) found in
+#                                DIRs into the model cache, so the aliases resolve offline
+#   remote.sh suite NAME         run a named suite, JSON and logs under $OUT (or /tmp/tq/out):
+#                                  correctness   backend-check, perplexity of both models
+#                                  bench-small   bench of both models at depths 0, 8192, 32768
+#                                  bench-8b      bench of a random-weight llama-8b shape
+#   remote.sh ARGS...            build if needed, then run turboquant ARGS...
 set -euo pipefail
 W=${TQ_WORK:-/tmp/tq}
 mkdir -p "$W"
 here=$(cd "$(dirname "$0")" && pwd)
-if [ ! -f "$W/build/bin/libggml-cuda.so" ]; then
-  if [ ! -d "$W/llama.cpp" ]; then
-    tar xzf "$here/tree.tgz" -C "$W"
+export TURBOQUANT_CACHE=$W/cache
+out=${OUT:-$W/out}
+mkdir -p "$out"
+# the cache types every speed and quality table compares
+TYPES=f16,q8_0,q4_0,turbo4,turbo3,turbo2
+
+build() {
+  if [ -f "$W/build/bin/libggml-cuda.so" ]; then return; fi
+  if [ -f "$W/build.started" ]; then # another call is building: wait for it
+    while [ ! -f "$W/build.done" ]; do sleep 5; done
+    [ -f "$W/build/bin/libggml-cuda.so" ] || { tail -50 "$W/build.log"; exit 1; }
+    return
   fi
+  touch "$W/build.started"
+  [ -d "$W/llama.cpp" ] || tar xzf "$here/tree.tgz" -C "$W"
   export PATH=/usr/local/cuda/bin:$PATH
-  cmake -S "$W/llama.cpp" -B "$W/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
-    -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > "$W/configure.log"
-  cmake --build "$W/build" -j "$(nproc)" > "$W/build.log" 2>&1 || { tail -50 "$W/build.log"; exit 1; }
-fi
-if [ "${1:-}" = "build" ]; then
-  echo "built: $(ls "$W/build/bin"/*.so | tr '\n' ' ')"
-  exit 0
-fi
-export LD_LIBRARY_PATH="$W/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-exec "$here/turboquant" "$@"
+  local status=0
+  {
+    cmake -S "$W/llama.cpp" -B "$W/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+      -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_COMMON=OFF \
+      -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF &&
+    cmake --build "$W/build" -j "$(nproc)"
+  } > "$W/build.log" 2>&1 || status=$?
+  touch "$W/build.done"
+  if [ $status -ne 0 ]; then grep -m20 -B2 -A8 "error" "$W/build.log" || tail -50 "$W/build.log"; exit 1; fi
+}
+
+tq() {
+  LD_LIBRARY_PATH="$W/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$here/turboquant" "$@"
+}
+
+case "${1:-}" in
+  build)
+    build
+    echo "built: $(ls "$W/build/bin"/*.so | tr '\n' ' ')"
+    ;;
+  models)
+    shift
+    mkdir -p "$W/pieces" "$TURBOQUANT_CACHE/models"
+    for dir in "$@"; do cp "$dir"/* "$W/pieces/"; done
+    for name in smollm2-135m gemma3-270m; do
+      if ls "$W/pieces/$name.gguf.part."* > /dev/null 2>&1; then
+        cat "$W/pieces/$name.gguf.part."* > "$TURBOQUANT_CACHE/models/$name.gguf"
+        ls -l "$TURBOQUANT_CACHE/models/$name.gguf"
+      fi
+    done
+    ;;
+  suite)
+    build
+    case "${2:-}" in
+      correctness)
+        tq backend-check --json "$out/backend-check.json" 2>&1 | tee "$out/backend-check.txt" || echo "(failed: $?)"
+        for m in smollm2-135m gemma3-270m; do
+          tq perplexity -m "$m" -f "$here/wikitext-2-test.txt" --chunks 40 -ngl 99 \
+            --kv-quant "$TYPES" --json "$out/perplexity-$m-cuda.json" 2>&1 | tee "$out/perplexity-$m-cuda.txt" || echo "(failed: $?)"
+        done
+        ;;
+      bench-small)
+        for m in smollm2-135m gemma3-270m; do
+          tq bench -m "$m" -p 512 -n 128 -d 0,8192,32768 -r 3 --kv-quant "$TYPES" \
+            --json "$out/bench-$m-cuda.json" 2>&1 | tee "$out/bench-$m-cuda.txt" || echo "(failed: $?)"
+        done
+        ;;
+      bench-8b)
+        [ -f "$W/llama-8b.gguf" ] || tq synth --shape llama-8b --tokenizer-from smollm2-135m -o "$W/llama-8b.gguf"
+        tq bench -m "$W/llama-8b.gguf" -p 512 -n 64 -d 0,32768 -r 3 --kv-quant "$TYPES" \
+          --json "$out/bench-llama-8b-cuda.json" 2>&1 | tee "$out/bench-llama-8b-cuda.txt" || echo "(failed: $?)"
+        ;;
+      *)
+        echo "unknown suite '${2:-}': correctness, bench-small or bench-8b" >&2
+        exit 2
+        ;;
+    esac
+    ;;
+  *)
+    build
+    tq "$@"
+    ;;
+esac

@@ -55,6 +55,10 @@ enum Command {
     Document(commands::document::Args),
     /// Fetch the reference models (aliases) into the cache, or list them
     Fetch(commands::fetch::Args),
+    /// Write a GGUF of a named architecture shape (llama-8b, ...) with random weights, for speed runs
+    Synth(commands::synth::Args),
+    /// Compare the turbo operations of a GPU backend with the CPU (set-rows, get-rows, attention)
+    BackendCheck(commands::backend_check::Args),
 }
 
 /// llama.cpp spells some options with one dash and several letters (-ngl, -ctk, -ctv);
@@ -85,6 +89,8 @@ fn main() -> ExitCode {
         Command::Report(args) => commands::report::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Document(args) => commands::document::run(args),
+        Command::Synth(args) => commands::synth::run(args),
+        Command::BackendCheck(args) => commands::backend_check::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

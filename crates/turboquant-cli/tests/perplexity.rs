@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{smollm2, text, turboquant, wikitext};
+use common::{smollm2, turboquant, wikitext};
 
 #[test]
 fn f16_is_its_own_reference_and_q4_0_is_worse_than_q8_0() {

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod backend_check;
 pub mod bench;
 pub mod document;
 pub mod fetch;
@@ -10,4 +11,5 @@ pub mod perplexity;
 pub mod report;
 pub mod run;
 pub mod serve;
+pub mod synth;
 pub mod validate;

@@ -1,0 +1,196 @@
+// The flash-attention vector kernel (fattn-vec.cuh) reading the TurboQuant cache types directly:
+// K·Q as codebook lookups against the (already rotated) query, V accumulated from codes. No f16
+// copy of the cache is made, so decoding reads 2.25-4.25 bits per cached value.
+//
+// Codebook lookups go through the warp: lane l holds codebook[l % levels] (as a half2 of two
+// equal halves) and a value's code picks the lane with __shfl_sync. That is one instruction per
+// value, with no shared memory and no bank conflicts; it needs the whole warp converged, which
+// the vector kernel guarantees at both call sites (they sit outside any thread-dependent branch).
+//
+// K side: 8 threads work on one K row (as for f16 K). In each 64-value block, thread t reads the
+// bytes that hold its codes, so the values a thread owns follow the packing, not the value order:
+//   turbo4: values 4t..4t+3 and 32+4t..32+4t+3 (qs bytes 4t..4t+3, low and high nibbles)
+//   turbo3, turbo2: values 2t, 2t+1 plus 0, 16, 32, 48 (qs bytes 2t, 2t+1; turbo3's qh bits follow)
+// The kernel loads the query in that order (turbo_fattn_q_pair) so that the dot product is a
+// sum over matching pairs.
+
+#pragma once
+
+#include "common.cuh"
+#include "turbo.cuh"
+
+static constexpr __host__ __device__ bool ggml_cuda_type_is_turbo(const ggml_type type) {
+    return type == GGML_TYPE_TURBO4 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO2;
+}
+
+// threads per K row for the turbo K types
+#define TURBO_FATTN_NTHREADS_KQ 8
+
+template <ggml_type type>
+static __device__ __forceinline__ half2 turbo_fattn_codebook_lane() {
+    const int lane = threadIdx.x % WARP_SIZE;
+    float c;
+    if constexpr (type == GGML_TYPE_TURBO4) {
+        c = turbo4_codebook[lane % 16];
+    } else if constexpr (type == GGML_TYPE_TURBO3) {
+        c = turbo3_codebook[lane % 8];
+    } else {
+        static_assert(type == GGML_TYPE_TURBO2, "not a turbo type");
+        c = turbo2_codebook[lane % 4];
+    }
+    return __float2half2_rn(c);
+}
+
+// (codebook[lo], codebook[hi]) from the warp
+static __device__ __forceinline__ half2 turbo_fattn_lookup2(const half2 cb, const int lo, const int hi) {
+    const half2 a = __shfl_sync(0xFFFFFFFF, cb, lo, WARP_SIZE);
+    const half2 b = __shfl_sync(0xFFFFFFFF, cb, hi, WARP_SIZE);
+    return __lows2half2(a, b);
+}
+
+static __device__ __forceinline__ uint32_t turbo_fattn_load_u16(const uint8_t * p) {
+    return *(const uint16_t *) p; // every offset used here is even, blocks are 2-byte aligned
+}
+
+// Position (in float2 pairs of the query row) of the k-th query pair thread t holds.
+template <ggml_type type_K>
+static __device__ __forceinline__ int turbo_fattn_q_pair(const int k, const int t) {
+    const int b = k / 4; // block
+    const int p = k % 4; // pair within the thread's part of the block
+    if constexpr (type_K == GGML_TYPE_TURBO4) {
+        return b*(QK_TURBO/2) + 2*t + (p % 2) + (QK_TURBO/4)*(p / 2);
+    } else {
+        return b*(QK_TURBO/2) + t + (QK_TURBO/8)*p;
+    }
+}
+
+// The four (lo, hi) code pairs of thread t in one block, in the order of turbo_fattn_q_pair.
+template <ggml_type type_K>
+static __device__ __forceinline__ void turbo_fattn_codes(const char * __restrict__ blk, const int t, int lo[4], int hi[4]) {
+    if constexpr (type_K == GGML_TYPE_TURBO4) {
+        const block_turbo4 * x = (const block_turbo4 *) blk;
+        const uint32_t w = turbo_fattn_load_u16(x->qs + 4*t) | (turbo_fattn_load_u16(x->qs + 4*t + 2) << 16);
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+            const int shift = 16*(p % 2) + 4*(p / 2);
+            lo[p] = (w >> shift)       & 0xF;
+            hi[p] = (w >> (shift + 8)) & 0xF;
+        }
+    } else if constexpr (type_K == GGML_TYPE_TURBO3) {
+        const block_turbo3 * x = (const block_turbo3 *) blk;
+        const uint32_t q = turbo_fattn_load_u16(x->qs + 2*t);
+        const uint32_t h = turbo_fattn_load_u16(x->qh + (2*t) % 8);
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+            const int hb = t/4 + 2*p; // qh bit of values 2t + 16p and 2t + 1 + 16p
+            lo[p] = ((q >> (2*p))     & 3) | (((h >> hb)       & 1) << 2);
+            hi[p] = ((q >> (2*p + 8)) & 3) | (((h >> (hb + 8)) & 1) << 2);
+        }
+    } else {
+        static_assert(type_K == GGML_TYPE_TURBO2, "not a turbo type");
+        const block_turbo2 * x = (const block_turbo2 *) blk;
+        const uint32_t q = turbo_fattn_load_u16(x->qs + 2*t);
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+            lo[p] = (q >> (2*p))     & 3;
+            hi[p] = (q >> (2*p + 8)) & 3;
+        }
+    }
+}
+
+template <ggml_type type_K, int D, int nthreads>
+static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo(
+    const char * __restrict__ K_c, const void * __restrict__ Q_v, const int * __restrict__ Q_q8, const void * __restrict__ Q_ds_v) {
+    static_assert(nthreads == TURBO_FATTN_NTHREADS_KQ, "the turbo K layout is for 8 threads per row");
+    static_assert(D % QK_TURBO == 0, "head size must be a multiple of the turbo block");
+    GGML_UNUSED(Q_q8);
+    GGML_UNUSED(Q_ds_v);
+
+    constexpr size_t block_size = type_K == GGML_TYPE_TURBO4 ? sizeof(block_turbo4) :
+                                  type_K == GGML_TYPE_TURBO3 ? sizeof(block_turbo3) : sizeof(block_turbo2);
+    const half2 cb = turbo_fattn_codebook_lane<type_K>();
+    const int t = threadIdx.x % nthreads;
+
+    float sum = 0.0f;
+#pragma unroll
+    for (int b = 0; b < D/QK_TURBO; ++b) {
+        const char * blk = K_c + b*block_size;
+        int lo[4];
+        int hi[4];
+        turbo_fattn_codes<type_K>(blk, t, lo, hi);
+
+        float sum_b = 0.0f;
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+            const half2 c = turbo_fattn_lookup2(cb, lo[p], hi[p]);
+#ifdef V_DOT2_F32_F16_AVAILABLE
+            ggml_cuda_mad(sum_b, c, ((const half2 *) Q_v)[4*b + p]);
+#else
+            ggml_cuda_mad(sum_b, __half22float2(c), ((const float2 *) Q_v)[4*b + p]);
+#endif // V_DOT2_F32_F16_AVAILABLE
+        }
+        sum += __half2float(*(const half *) blk) * sum_b; // every turbo block starts with its scale d
+    }
+    return sum;
+}
+
+// ne consecutive values of a V row from i0 (a multiple of 4), as ggml's dequantize_V_* functions.
+template <ggml_type type_V, typename T, int ne>
+static __device__ __forceinline__ void dequantize_V_turbo(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+    static_assert(ne == 4, "the turbo V path reads 4 values per call");
+
+    const int64_t ib = i0 / QK_TURBO;
+    const int     p  = i0 % QK_TURBO;
+    const half2   cb = turbo_fattn_codebook_lane<type_V>();
+
+    int idx[4];
+    half d;
+    if constexpr (type_V == GGML_TYPE_TURBO4) {
+        const block_turbo4 * x = (const block_turbo4 *) vx + ib;
+        const uint32_t q = turbo_fattn_load_u16(x->qs + p % 32) | (turbo_fattn_load_u16(x->qs + p % 32 + 2) << 16);
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+            idx[l] = (q >> (8*l + 4*(p / 32))) & 0xF;
+        }
+        d = x->d;
+    } else if constexpr (type_V == GGML_TYPE_TURBO3) {
+        const block_turbo3 * x = (const block_turbo3 *) vx + ib;
+        const uint32_t q = turbo_fattn_load_u16(x->qs + p % 16) | (turbo_fattn_load_u16(x->qs + p % 16 + 2) << 16);
+        const uint32_t h = turbo_fattn_load_u16(x->qh + p % 8)  | (turbo_fattn_load_u16(x->qh + p % 8  + 2) << 16);
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+            idx[l] = ((q >> (8*l + 2*(p / 16))) & 3) | (((h >> (8*l + p / 8)) & 1) << 2);
+        }
+        d = x->d;
+    } else {
+        static_assert(type_V == GGML_TYPE_TURBO2, "not a turbo type");
+        const block_turbo2 * x = (const block_turbo2 *) vx + ib;
+        const uint32_t q = turbo_fattn_load_u16(x->qs + p % 16) | (turbo_fattn_load_u16(x->qs + p % 16 + 2) << 16);
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+            idx[l] = (q >> (8*l + 2*(p / 16))) & 3;
+        }
+        d = x->d;
+    }
+
+    const half2 v01 = turbo_fattn_lookup2(cb, idx[0], idx[1]);
+    const half2 v23 = turbo_fattn_lookup2(cb, idx[2], idx[3]);
+#ifdef FP16_AVAILABLE
+    if constexpr (std::is_same_v<T, half>) {
+        const half2 d2 = __half2half2(d);
+        ((half2 *) dst)[0] = d2 * v01;
+        ((half2 *) dst)[1] = d2 * v23;
+    } else
+#endif // FP16_AVAILABLE
+    if constexpr (std::is_same_v<T, float>) {
+        const float df = __half2float(d);
+        const float2 f01 = __half22float2(v01);
+        const float2 f23 = __half22float2(v23);
+        ((float *) dst)[0] = df * f01.x;
+        ((float *) dst)[1] = df * f01.y;
+        ((float *) dst)[2] = df * f23.x;
+        ((float *) dst)[3] = df * f23.y;
+    } else {
+        static_assert(std::is_same_v<T, void>, "bad type");
+    }
+}
