@@ -11,8 +11,9 @@
 //! - get-rows (dequantize): the same floats, to rounding.
 //! - flash attention, decode (1 query) and prefill (64 queries), for every K/V pair the CUDA
 //!   backend reads directly and every head size: the outputs agree to the precision of the GPU
-//!   kernels (f16 query and accumulators), and decoding must not fall back to converting the
-//!   cache to f16 (llama.cpp logs that when it happens).
+//!   kernels (f16 accumulators; with K in q8_0 the CPU also rounds the query to 8 bits), and
+//!   decoding must not fall back to converting the cache to f16 (llama.cpp logs that when it
+//!   happens).
 
 use std::ffi::CStr;
 use std::path::PathBuf;
@@ -66,6 +67,9 @@ const SET_ROWS_MIN_IDENTICAL_BLOCKS: f64 = 0.99;
 const SET_ROWS_MAX_ERROR_GROWTH: f64 = 1.001;
 const GET_ROWS_MAX_REL_DIFF: f64 = 1e-6;
 const ATTENTION_MAX_REL_RMS: f64 = 5e-3;
+/// With K in q8_0 the CPU rounds the query to 8 bits too (q8_0's dot product is q8_0 by q8_0),
+/// and the GPU's prefill kernel does not: their difference is that rounding, about 5e-3.
+const ATTENTION_MAX_REL_RMS_Q8_K: f64 = 1e-2;
 
 #[derive(Serialize, Debug)]
 pub struct Check {
@@ -348,6 +352,11 @@ fn check_attention(
         .any(|l| l.contains("converting K and V to f16"));
     let rel_rms = rms_diff(&a, &b) / rms(&a).max(f64::MIN_POSITIVE);
     let decode = queries == 1;
+    let limit = if k_type.name() == "q8_0" {
+        ATTENTION_MAX_REL_RMS_Q8_K
+    } else {
+        ATTENTION_MAX_REL_RMS
+    };
     Ok(Check {
         op: if decode {
             "attention decode".into()
@@ -363,8 +372,8 @@ fn check_attention(
             "rms diff / rms".into()
         },
         value: rel_rms,
-        limit: format!("<= {ATTENTION_MAX_REL_RMS:e}"),
-        pass: rel_rms <= ATTENTION_MAX_REL_RMS && !(decode && fell_back),
+        limit: format!("<= {limit:e}"),
+        pass: rel_rms <= limit && !(decode && fell_back),
     })
 }
 

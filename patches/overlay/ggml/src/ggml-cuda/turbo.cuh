@@ -1,5 +1,5 @@
 // CUDA kernels of the TurboQuant KV-cache types turbo2/turbo3/turbo4: the quantizer the cache
-// writes go through (set-rows), and dequantization in the shape ggml-cuda's generic kernels take
+// writes go through (set-rows, a warp per block), and dequantization in the shape ggml-cuda's generic kernels take
 // (two values per call, `iqs` and `iqs + 32` of a 64-value block) for get-rows and for the f16
 // conversion the flash-attention kernels use.
 //
@@ -24,103 +24,117 @@ static __device__ __forceinline__ int turbo_nearest(const float y, const float *
     return idx;
 }
 
-template <int levels>
-static __device__ void turbo_quantize_block(const float * __restrict__ x, const float * codebook,
-        const float * boundaries, half & d_out, uint8_t * idx) {
-    float v[QK_TURBO];
+static __device__ __forceinline__ float turbo_warp_sum(float v) {
+#pragma unroll
+    for (int offset = WARP_SIZE/2; offset > 0; offset >>= 1) {
+        v += __shfl_xor_sync(0xFFFFFFFF, v, offset, WARP_SIZE);
+    }
+    return __shfl_sync(0xFFFFFFFF, v, 0, WARP_SIZE); // the same value in every lane
+}
+
+// Quantizes one 64-value block with a whole warp: lane l holds values l and l + 32. A cache write
+// of one token is a handful of blocks, so one thread per block would leave the GPU idle for the
+// 16-candidate scale search; a warp per block takes it from hundreds of dependent steps to tens.
+// The search is the reference one (ggml-turbo.c); only the order of the sums differs.
+template <ggml_type type>
+static __device__ void quantize_f32_turbo_block_warp(const float * __restrict__ x, void * __restrict__ dst, const int lane) {
+    constexpr int levels = type == GGML_TYPE_TURBO4 ? 16 : type == GGML_TYPE_TURBO3 ? 8 : 4;
+    const float * codebook   = type == GGML_TYPE_TURBO4 ? turbo4_codebook   : type == GGML_TYPE_TURBO3 ? turbo3_codebook   : turbo2_codebook;
+    const float * boundaries = type == GGML_TYPE_TURBO4 ? turbo4_boundaries : type == GGML_TYPE_TURBO3 ? turbo3_boundaries : turbo2_boundaries;
+
+    float v[2];
+    v[0] = x[lane];
+    v[1] = x[lane + QK_TURBO/2];
     float amax = 0.0f;
 #pragma unroll
-    for (int i = 0; i < QK_TURBO; ++i) {
-        v[i] = isfinite(x[i]) ? x[i] : 0.0f;
-        amax = fmaxf(amax, fabsf(v[i]));
+    for (int h = 0; h < 2; ++h) {
+        v[h] = isfinite(v[h]) ? v[h] : 0.0f;
+        amax = fmaxf(amax, fabsf(v[h]));
     }
-    if (!(amax >= TURBO_MIN_MAGNITUDE)) {
-        d_out = __float2half(0.0f);
 #pragma unroll
-        for (int i = 0; i < QK_TURBO; ++i) {
-            idx[i] = levels/2;
+    for (int offset = WARP_SIZE/2; offset > 0; offset >>= 1) {
+        amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFF, amax, offset, WARP_SIZE));
+    }
+
+    half d = __float2half(0.0f);
+    int idx[2] = {levels/2, levels/2};
+    if (amax >= TURBO_MIN_MAGNITUDE) {
+        const float inv_amax = 1.0f / amax;
+        float best_gain  = -1.0f;
+        float best_scale = 0.0f;
+        for (int j = 0; j < TURBO_SCALE_CANDIDATES; ++j) {
+            const float inv = turbo_scale_grid_inv[j];
+            float sxc = 0.0f;
+            float scc = 0.0f;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const float y = v[h] * inv_amax;
+                const float c = codebook[turbo_nearest<levels>(y * inv, boundaries)];
+                sxc += y * c;
+                scc += c * c;
+            }
+            sxc = turbo_warp_sum(sxc);
+            scc = turbo_warp_sum(scc);
+            const float gain = sxc * sxc / scc;
+            if (gain > best_gain) {
+                best_gain  = gain;
+                best_scale = sxc / scc;
+            }
         }
-        return;
-    }
-    const float inv_amax = 1.0f / amax;
-
-    float best_gain  = -1.0f;
-    float best_scale = 0.0f;
-    for (int j = 0; j < TURBO_SCALE_CANDIDATES; ++j) {
-        const float inv = turbo_scale_grid_inv[j];
-        float sxc = 0.0f;
-        float scc = 0.0f;
-        for (int i = 0; i < QK_TURBO; ++i) {
-            const float y = v[i] * inv_amax;
-            const float c = codebook[turbo_nearest<levels>(y * inv, boundaries)];
-            sxc += y * c;
-            scc += c * c;
-        }
-        const float gain = sxc * sxc / scc;
-        if (gain > best_gain) {
-            best_gain  = gain;
-            best_scale = sxc / scc;
+        d = __float2half(fminf(amax * best_scale, 65504.0f));
+        const float df = __half2float(d);
+        if (df > 0.0f) {
+            const float inv_d = 1.0f / df;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                idx[h] = turbo_nearest<levels>(v[h] * inv_d, boundaries);
+            }
+        } else {
+            d = __float2half(0.0f);
         }
     }
 
-    d_out = __float2half(fminf(amax * best_scale, 65504.0f));
-    const float df = __half2float(d_out);
-    if (!(df > 0.0f)) {
-        d_out = __float2half(0.0f);
-#pragma unroll
-        for (int i = 0; i < QK_TURBO; ++i) {
-            idx[i] = levels/2;
+    // pack: every lane already holds a pair (l, l + 32) that shares a byte or a nibble pair
+    if constexpr (type == GGML_TYPE_TURBO4) {
+        block_turbo4 * y = (block_turbo4 *) dst;
+        y->qs[lane] = idx[0] | (idx[1] << 4);
+        if (lane == 0) {
+            y->d = d;
         }
-        return;
-    }
-    const float inv_d = 1.0f / df;
+    } else {
+        // qs[j] = idx[j] | idx[j + 16] << 2 | idx[j + 32] << 4 | idx[j + 48] << 6, j < 16
+        const int p = (idx[0] & 3) | ((idx[1] & 3) << 4);
+        const int q = p | (__shfl_down_sync(0xFFFFFFFF, p, 16, WARP_SIZE) << 2);
+        uint8_t * qs;
+        if constexpr (type == GGML_TYPE_TURBO3) {
+            block_turbo3 * y = (block_turbo3 *) dst;
+            qs = y->qs;
+            // qh[j] bit t = bit 2 of idx[j + 8 t]: gather the 64 high bits with two ballots
+            const uint64_t high = (uint64_t) __ballot_sync(0xFFFFFFFF, (idx[0] >> 2) & 1) |
+                                 ((uint64_t) __ballot_sync(0xFFFFFFFF, (idx[1] >> 2) & 1) << 32);
+            if (lane < QK_TURBO/8) {
+                int h = 0;
 #pragma unroll
-    for (int i = 0; i < QK_TURBO; ++i) {
-        idx[i] = turbo_nearest<levels>(v[i] * inv_d, boundaries);
-    }
-}
-
-static __device__ void turbo_pack_2bit(const uint8_t * idx, uint8_t * qs) {
-#pragma unroll
-    for (int j = 0; j < QK_TURBO/4; ++j) {
-        qs[j] = (idx[j] & 3) | ((idx[j + 16] & 3) << 2) | ((idx[j + 32] & 3) << 4) | ((idx[j + 48] & 3) << 6);
-    }
-}
-
-static __device__ void quantize_f32_turbo4_block(const float * __restrict__ x, block_turbo4 * __restrict__ y) {
-    uint8_t idx[QK_TURBO];
-    half d;
-    turbo_quantize_block<16>(x, turbo4_codebook, turbo4_boundaries, d, idx);
-    y->d = d;
-#pragma unroll
-    for (int j = 0; j < QK_TURBO/2; ++j) {
-        y->qs[j] = idx[j] | (idx[j + 32] << 4);
-    }
-}
-
-static __device__ void quantize_f32_turbo3_block(const float * __restrict__ x, block_turbo3 * __restrict__ y) {
-    uint8_t idx[QK_TURBO];
-    half d;
-    turbo_quantize_block<8>(x, turbo3_codebook, turbo3_boundaries, d, idx);
-    y->d = d;
-    turbo_pack_2bit(idx, y->qs);
-#pragma unroll
-    for (int j = 0; j < QK_TURBO/8; ++j) {
-        uint8_t h = 0;
-#pragma unroll
-        for (int t = 0; t < 8; ++t) {
-            h |= ((idx[j + 8*t] >> 2) & 1) << t;
+                for (int t = 0; t < 8; ++t) {
+                    h |= ((high >> (lane + 8*t)) & 1) << t;
+                }
+                y->qh[lane] = h;
+            }
+            if (lane == 0) {
+                y->d = d;
+            }
+        } else {
+            static_assert(type == GGML_TYPE_TURBO2, "not a turbo type");
+            block_turbo2 * y = (block_turbo2 *) dst;
+            qs = y->qs;
+            if (lane == 0) {
+                y->d = d;
+            }
         }
-        y->qh[j] = h;
+        if (lane < QK_TURBO/4) {
+            qs[lane] = q;
+        }
     }
-}
-
-static __device__ void quantize_f32_turbo2_block(const float * __restrict__ x, block_turbo2 * __restrict__ y) {
-    uint8_t idx[QK_TURBO];
-    half d;
-    turbo_quantize_block<4>(x, turbo2_codebook, turbo2_boundaries, d, idx);
-    y->d = d;
-    turbo_pack_2bit(idx, y->qs);
 }
 
 // values iqs and iqs + 32 of block ib, iqs in [0, 32)
