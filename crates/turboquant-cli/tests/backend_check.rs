@@ -1,0 +1,73 @@
+//! `turboquant backend-check`: the comparison machinery runs (CPU against itself, where every
+//! check must hold exactly), its JSON has every operation, and a build without a GPU says so.
+
+mod common;
+
+use common::turboquant;
+
+#[test]
+fn dry_run_on_the_cpu_passes_every_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("check.json");
+    let out = turboquant()
+        .args([
+            "backend-check",
+            "--device",
+            "cpu",
+            "--head-sizes",
+            "64,256",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("every check within its tolerance"),
+        "{stdout}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+    let checks = report["checks"].as_array().unwrap();
+    // per head size: 3 types x (2 set-rows + 1 get-rows) + 11 pairs x (decode, prefill)
+    assert_eq!(checks.len(), 2 * (9 + 22));
+    for op in [
+        "set-rows",
+        "get-rows",
+        "attention decode",
+        "attention prefill",
+    ] {
+        assert!(checks.iter().any(|c| c["op"] == op), "{op} missing");
+    }
+    // the same backend twice gives the same numbers
+    for c in checks {
+        if c["op"].as_str().unwrap().starts_with("attention") {
+            assert_eq!(c["value"].as_f64().unwrap(), 0.0, "{c}");
+        }
+    }
+}
+
+#[test]
+fn no_gpu_is_a_clear_error() {
+    let out = turboquant().arg("backend-check").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        return; // this machine has a GPU build: nothing to check here
+    }
+    assert!(stderr.contains("no GPU backend"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn head_size_the_kernels_do_not_serve_is_refused() {
+    let out = turboquant()
+        .args(["backend-check", "--device", "cpu", "--head-sizes", "96"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("head size 96"));
+}
