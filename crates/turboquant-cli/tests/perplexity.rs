@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{smollm2, turboquant, wikitext};
+use common::{smollm2, text, turboquant, wikitext};
 
 #[test]
 fn f16_is_its_own_reference_and_q4_0_is_worse_than_q8_0() {
@@ -57,8 +57,11 @@ fn f16_is_its_own_reference_and_q4_0_is_worse_than_q8_0() {
         "q4_0 is 4.5 bits per value"
     );
     let ppl = rows[0]["ppl"]["mean"].as_f64().unwrap();
+    let (_, is_wikitext) = text();
+    // the built-in document (used where WikiText-2 is not beside the checkout) is easier text
+    let expected = if is_wikitext { 10.0..40.0 } else { 1.5..40.0 };
     assert!(
-        (10.0..40.0).contains(&ppl),
-        "SmolLM2's WikiText-2 perplexity is about 20, got {ppl}"
+        expected.contains(&ppl),
+        "SmolLM2's perplexity should be in {expected:?} (about 20 on WikiText-2), got {ppl}"
     );
 }
