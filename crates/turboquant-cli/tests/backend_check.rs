@@ -3,29 +3,23 @@
 
 mod common;
 
-use common::turboquant;
+use common::{succeed, turboquant};
 
 #[test]
 fn dry_run_on_the_cpu_passes_every_check() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("check.json");
-    let out = turboquant()
-        .args([
-            "backend-check",
-            "--device",
-            "cpu",
-            "--head-sizes",
-            "64,256",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, _) = succeed(
+        turboquant()
+            .args([
+                "backend-check",
+                "--device",
+                "cpu",
+                "--head-sizes",
+                "64,256",
+                "--json",
+            ])
+            .arg(&json),
     );
     assert!(
         stdout.contains("every check within its tolerance"),

@@ -4,7 +4,7 @@ mod common;
 
 use std::io::Write;
 
-use common::{smollm2, turboquant, wikitext};
+use common::{smollm2, succeed, turboquant, wikitext};
 
 /// Runs the command and returns stderr, asserting a clean failure (exit code 1, no panic).
 fn fails(args: &[&std::ffi::OsStr]) -> String {
@@ -128,18 +128,12 @@ fn empty_and_non_utf8_text() {
 #[test]
 fn a_context_longer_than_training_warns_and_one_beyond_memory_fails() {
     let m = smollm2();
-    let out = turboquant()
-        .args(["run", "-m"])
-        .arg(&m)
-        .args(["-p", "Hi", "-n", "2", "--temp", "0", "-c", "9000"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (_, stderr) = succeed(
+        turboquant()
+            .args(["run", "-m"])
+            .arg(&m)
+            .args(["-p", "Hi", "-n", "2", "--temp", "0", "-c", "9000"]),
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("warning: context of 9000 tokens is longer than the 8192"),
         "{stderr}"

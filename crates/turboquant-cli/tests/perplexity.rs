@@ -2,27 +2,21 @@
 
 mod common;
 
-use common::{smollm2, text, turboquant, wikitext};
+use common::{smollm2, succeed, text, turboquant, wikitext};
 
 #[test]
 fn f16_is_its_own_reference_and_q4_0_is_worse_than_q8_0() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("ppl.json");
-    let out = turboquant()
-        .args(["perplexity", "-m"])
-        .arg(smollm2())
-        .arg("-f")
-        .arg(wikitext())
-        .args(["--chunks", "3", "--kv-quant", "q4_0,q8_0,f16", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, _) = succeed(
+        turboquant()
+            .args(["perplexity", "-m"])
+            .arg(smollm2())
+            .arg("-f")
+            .arg(wikitext())
+            .args(["--chunks", "3", "--kv-quant", "q4_0,q8_0,f16", "--json"])
+            .arg(&json),
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("PPL ratio") && stdout.contains("q4_0"),
         "{stdout}"

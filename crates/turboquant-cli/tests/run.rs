@@ -2,33 +2,19 @@
 
 mod common;
 
-use common::{smollm2, turboquant};
+use common::{smollm2, succeed, turboquant};
 
 fn generate(kv: &str) -> (String, String) {
-    let out = turboquant()
-        .args(["run", "-m"])
-        .arg(smollm2())
-        .args([
-            "-p",
-            "The capital of France is",
-            "-n",
-            "16",
-            "--temp",
-            "0",
-            "--kv-quant",
-            kv,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    succeed(turboquant().args(["run", "-m"]).arg(smollm2()).args([
+        "-p",
+        "The capital of France is",
+        "-n",
+        "16",
+        "--temp",
+        "0",
+        "--kv-quant",
+        kv,
+    ]))
 }
 
 #[test]
@@ -56,18 +42,8 @@ fn a_quantized_cache_reports_its_compression() {
 
 #[test]
 fn llama_cpp_spellings_of_the_cache_options_work() {
-    let out = turboquant()
-        .args(["run", "-m"])
-        .arg(smollm2())
-        .args([
-            "-p", "Hello", "-n", "4", "--temp", "0", "-ctk", "q8_0", "-ctv", "q8_0", "-ngl", "0",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("KV cache q8_0 "));
+    let (_, stderr) = succeed(turboquant().args(["run", "-m"]).arg(smollm2()).args([
+        "-p", "Hello", "-n", "4", "--temp", "0", "-ctk", "q8_0", "-ctv", "q8_0", "-ngl", "0",
+    ]));
+    assert!(stderr.contains("KV cache q8_0 "), "{stderr}");
 }

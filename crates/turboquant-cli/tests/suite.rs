@@ -2,19 +2,10 @@
 
 mod common;
 
-use common::{smollm2, turboquant};
+use common::{fetched, smollm2, succeed, turboquant};
 
 fn gemma3() -> std::path::PathBuf {
-    let out = turboquant()
-        .args(["fetch", "gemma3-270m"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    fetched("gemma3-270m")
 }
 
 fn json(path: &std::path::Path) -> serde_json::Value {
@@ -24,26 +15,15 @@ fn json(path: &std::path::Path) -> serde_json::Value {
 #[test]
 fn memory_model_matches_llama_cpp_to_the_byte_on_both_models() {
     for (model, batch) in [(smollm2(), "1"), (smollm2(), "2"), (gemma3(), "1")] {
-        let out = turboquant()
-            .args(["memory", "-m"])
-            .arg(&model)
-            .args([
-                "-c",
-                "700,2048",
-                "--batch",
-                batch,
-                "--verify",
-                "--kv-quant",
-                "f16,q8_0,q4_0,turbo4,turbo3,turbo2",
-            ])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (stdout, _) = succeed(turboquant().args(["memory", "-m"]).arg(&model).args([
+            "-c",
+            "700,2048",
+            "--batch",
+            batch,
+            "--verify",
+            "--kv-quant",
+            "f16,q8_0,q4_0,turbo4,turbo3,turbo2",
+        ]));
         assert!(
             stdout.contains("matches the bytes llama.cpp allocated"),
             "{stdout}"
@@ -55,25 +35,20 @@ fn memory_model_matches_llama_cpp_to_the_byte_on_both_models() {
 fn memory_budget_fits_longer_contexts_with_smaller_types() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("memory.json");
-    let out = turboquant()
-        .args(["memory", "-m"])
-        .arg(gemma3())
-        .args([
-            "-c",
-            "32768",
-            "--budget",
-            "32MiB",
-            "--kv-quant",
-            "f16,q8_0,q4_0,turbo4,turbo3,turbo2",
-            "--json",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, _) = succeed(
+        turboquant()
+            .args(["memory", "-m"])
+            .arg(gemma3())
+            .args([
+                "-c",
+                "32768",
+                "--budget",
+                "32MiB",
+                "--kv-quant",
+                "f16,q8_0,q4_0,turbo4,turbo3,turbo2",
+                "--json",
+            ])
+            .arg(&path),
     );
     let report = json(&path);
     let longest: Vec<u64> = report["fits"]
@@ -86,34 +61,31 @@ fn memory_budget_fits_longer_contexts_with_smaller_types() {
     // Gemma's 15 window layers keep 512 + 512 cells: at 32768 tokens only 3 layers grow
     let f16 = report["entries"][0]["total_bytes"].as_u64().unwrap();
     assert_eq!(f16, 2 * 2 * 256 * (3 * 32768 + 15 * 1024));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("15 of them with a 512-token window"));
+    assert!(
+        stdout.contains("15 of them with a 512-token window"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn fidelity_writes_one_json_per_method_and_finds_qjl_worse_at_equal_bits() {
     let dir = tempfile::tempdir().unwrap();
-    let out = turboquant()
-        .args(["fidelity", "-m"])
-        .arg(smollm2())
-        .args([
-            "--contexts",
-            "256,512",
-            "--bits",
-            "3",
-            "--methods",
-            "mse,prod,turbo,q8_0",
-            "--queries",
-            "4",
-            "--json-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, _) = succeed(
+        turboquant()
+            .args(["fidelity", "-m"])
+            .arg(smollm2())
+            .args([
+                "--contexts",
+                "256,512",
+                "--bits",
+                "3",
+                "--methods",
+                "mse,prod,turbo,q8_0",
+                "--queries",
+                "4",
+                "--json-dir",
+            ])
+            .arg(dir.path()),
     );
     assert!(stdout.contains("context 512:"), "{stdout}");
 
@@ -148,25 +120,20 @@ fn fidelity_writes_one_json_per_method_and_finds_qjl_worse_at_equal_bits() {
 fn needle_is_found_with_the_f16_cache_near_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("needle.json");
-    let out = turboquant()
-        .args(["needle", "-m"])
-        .arg(smollm2())
-        .args([
-            "--contexts",
-            "512",
-            "--depths",
-            "0.9",
-            "--kv-quant",
-            "f16,turbo4",
-            "--json",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        turboquant()
+            .args(["needle", "-m"])
+            .arg(smollm2())
+            .args([
+                "--contexts",
+                "512",
+                "--depths",
+                "0.9",
+                "--kv-quant",
+                "f16,turbo4",
+                "--json",
+            ])
+            .arg(&path),
     );
     let report = json(&path);
     let trials = report["trials"].as_array().unwrap();
@@ -182,12 +149,7 @@ fn needle_is_found_with_the_f16_cache_near_the_end() {
 
 #[test]
 fn validate_reproduces_the_papers_table() {
-    let out = turboquant()
-        .args(["validate", "--vectors", "1000"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (stdout, _) = succeed(turboquant().args(["validate", "--vectors", "1000"]));
     // the 3-bit row: measured MSE near 0.034 next to the paper's 0.03
     let row = stdout
         .lines()
@@ -203,17 +165,12 @@ fn report_is_byte_stable_and_holds_every_chart() {
     let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../results");
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     for dir in [&a, &b] {
-        let out = turboquant()
-            .arg("report")
-            .arg(&results)
-            .arg("--out")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            turboquant()
+                .arg("report")
+                .arg(&results)
+                .arg("--out")
+                .arg(dir.path()),
         );
     }
     let mut names: Vec<String> = std::fs::read_dir(a.path())

@@ -5,23 +5,17 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{smollm2, turboquant};
+use common::{smollm2, succeed, turboquant};
 
 /// Writes the tiny shape with SmolLM2's tokenizer into `dir` and returns its path.
 fn tiny(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.gguf");
-    let out = turboquant()
-        .args(["synth", "--shape", "tiny", "--tokenizer-from"])
-        .arg(smollm2())
-        .arg("-o")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, _) = succeed(
+        turboquant()
+            .args(["synth", "--shape", "tiny", "--tokenizer-from"])
+            .arg(smollm2())
+            .arg("-o")
+            .arg(&path),
     );
     assert!(stdout.contains("vocabulary of 49152 tokens"), "{stdout}");
     assert!(path.is_file());
@@ -32,12 +26,9 @@ fn tiny(dir: &Path) -> PathBuf {
     path
 }
 
-/// Runs a command that must succeed and returns its stdout and stderr.
+/// Runs `turboquant ARGS` that must succeed and returns its stdout and stderr.
 fn succeeds(args: &[&std::ffi::OsStr]) -> (String, String) {
-    let out = turboquant().args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{args:?}: {stderr}");
-    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    succeed(turboquant().args(args))
 }
 
 #[test]

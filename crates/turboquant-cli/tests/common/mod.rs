@@ -13,23 +13,29 @@ pub fn turboquant() -> Command {
     cmd
 }
 
-/// SmolLM2-135M, fetched once through the alias (the same path users take).
+/// Runs a command that must succeed (the test fails with its output otherwise) and returns its
+/// stdout and stderr.
+pub fn succeed(cmd: &mut Command) -> (String, String) {
+    let out = cmd.output().expect("run turboquant");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{cmd:?} failed\n{stdout}{stderr}");
+    assert!(
+        std::str::from_utf8(&out.stdout).is_ok() && std::str::from_utf8(&out.stderr).is_ok(),
+        "{cmd:?} wrote output that is not UTF-8"
+    );
+    (stdout, stderr)
+}
+
+/// The path of a model alias, fetched through `turboquant fetch` (the same path users take).
+pub fn fetched(alias: &str) -> PathBuf {
+    PathBuf::from(succeed(turboquant().args(["fetch", alias])).0.trim())
+}
+
+/// SmolLM2-135M, fetched once.
 pub fn smollm2() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = turboquant()
-            .args(["fetch", "smollm2-135m"])
-            .output()
-            .expect("run fetch");
-        assert!(
-            out.status.success(),
-            "fetch failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        PathBuf::from(path)
-    })
-    .clone()
+    PATH.get_or_init(|| fetched("smollm2-135m")).clone()
 }
 
 /// WikiText-2's test split from the shared data folder (or $TURBOQUANT_TEXT); where neither
@@ -50,14 +56,10 @@ pub fn text() -> (PathBuf, bool) {
         if shared.is_file() {
             return (shared, true);
         }
-        let out = turboquant()
-            .args(["document", "--bytes", "300000"])
-            .output()
-            .expect("run document");
-        assert!(out.status.success());
+        let (document, _) = succeed(turboquant().args(["document", "--bytes", "300000"]));
         let path =
             std::env::temp_dir().join(format!("turboquant-test-text-{}.txt", std::process::id()));
-        std::fs::write(&path, out.stdout).unwrap();
+        std::fs::write(&path, document).unwrap();
         (path, false)
     })
     .clone()
