@@ -175,7 +175,7 @@ fn check_set_rows(
     rng: &mut Rng,
 ) -> Result<Vec<Check>> {
     let rows = 256i64;
-    let mut x: Vec<f32> = (0..d * rows).map(|_| rng.normal()).collect();
+    let mut x = rng.normals(d * rows);
     // adversarial rows: zeros, a constant, one huge value, NaN and infinities
     let row = |r: i64| (r * d) as usize..((r + 1) * d) as usize;
     x[row(0)].fill(0.0);
@@ -260,7 +260,7 @@ fn check_get_rows(
     rng: &mut Rng,
 ) -> Result<Check> {
     let rows = 64i64;
-    let x: Vec<f32> = (0..d * rows).map(|_| rng.normal()).collect();
+    let x = rng.normals(d * rows);
     let bytes = quantize(ty, &x, d)?;
     let picks: Vec<i32> = (0..16).map(|_| (rng.next() % rows as u64) as i32).collect();
 
@@ -302,21 +302,9 @@ fn check_attention(
     rng: &mut Rng,
 ) -> Result<Check> {
     let (heads, kv_heads) = (8i64, 2i64);
-    let q: Vec<f32> = (0..d * queries * heads).map(|_| rng.normal()).collect();
-    let k = quantize(
-        k_type,
-        &(0..d * n_kv * kv_heads)
-            .map(|_| rng.normal())
-            .collect::<Vec<_>>(),
-        d,
-    )?;
-    let v = quantize(
-        v_type,
-        &(0..d * n_kv * kv_heads)
-            .map(|_| rng.normal())
-            .collect::<Vec<_>>(),
-        d,
-    )?;
+    let q = rng.normals(d * queries * heads);
+    let k = quantize(k_type, &rng.normals(d * n_kv * kv_heads), d)?;
+    let v = quantize(v_type, &rng.normals(d * n_kv * kv_heads), d)?;
     // causal over the last `queries` positions, as a prompt appended to a filled cache
     let mut mask = vec![half::f16::ZERO; (n_kv * queries) as usize];
     for i in 0..queries {
@@ -444,6 +432,10 @@ impl Rng {
     fn normal(&mut self) -> f32 {
         let (u, v) = (self.uniform(), self.uniform());
         ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    }
+
+    fn normals(&mut self, n: i64) -> Vec<f32> {
+        (0..n).map(|_| self.normal()).collect()
     }
 }
 

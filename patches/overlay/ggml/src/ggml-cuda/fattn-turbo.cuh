@@ -29,16 +29,7 @@ static constexpr __host__ __device__ bool ggml_cuda_type_is_turbo(const ggml_typ
 template <ggml_type type>
 static __device__ __forceinline__ half2 turbo_fattn_codebook_lane() {
     const int lane = threadIdx.x % WARP_SIZE;
-    float c;
-    if constexpr (type == GGML_TYPE_TURBO4) {
-        c = turbo4_codebook[lane % 16];
-    } else if constexpr (type == GGML_TYPE_TURBO3) {
-        c = turbo3_codebook[lane % 8];
-    } else {
-        static_assert(type == GGML_TYPE_TURBO2, "not a turbo type");
-        c = turbo2_codebook[lane % 4];
-    }
-    return __float2half2_rn(c);
+    return __float2half2_rn(turbo_codebook<type>()[lane % turbo_levels<type>()]);
 }
 
 // (codebook[lo], codebook[hi]) from the warp
@@ -106,8 +97,7 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo(
     GGML_UNUSED(Q_q8);
     GGML_UNUSED(Q_ds_v);
 
-    constexpr size_t block_size = type_K == GGML_TYPE_TURBO4 ? sizeof(block_turbo4) :
-                                  type_K == GGML_TYPE_TURBO3 ? sizeof(block_turbo3) : sizeof(block_turbo2);
+    constexpr size_t block_size = turbo_block_size<type_K>();
     const half2 cb = turbo_fattn_codebook_lane<type_K>();
     const int t = threadIdx.x % nthreads;
 

@@ -13,6 +13,28 @@
 #include "ggml-turbo-common.h"
 #include "ggml-turbo-tables.h"
 
+// What the kernels templated on the type need to know of it.
+template <ggml_type type>
+static constexpr __host__ __device__ int turbo_levels() {
+    static_assert(type == GGML_TYPE_TURBO4 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO2, "not a turbo type");
+    return type == GGML_TYPE_TURBO4 ? 16 : type == GGML_TYPE_TURBO3 ? 8 : 4;
+}
+
+template <ggml_type type>
+static constexpr __host__ __device__ size_t turbo_block_size() {
+    return type == GGML_TYPE_TURBO4 ? sizeof(block_turbo4) : type == GGML_TYPE_TURBO3 ? sizeof(block_turbo3) : sizeof(block_turbo2);
+}
+
+template <ggml_type type>
+static __device__ __forceinline__ const float * turbo_codebook() {
+    return type == GGML_TYPE_TURBO4 ? turbo4_codebook : type == GGML_TYPE_TURBO3 ? turbo3_codebook : turbo2_codebook;
+}
+
+template <ggml_type type>
+static __device__ __forceinline__ const float * turbo_boundaries() {
+    return type == GGML_TYPE_TURBO4 ? turbo4_boundaries : type == GGML_TYPE_TURBO3 ? turbo3_boundaries : turbo2_boundaries;
+}
+
 // Index of the nearest level: the boundaries are read in the same order by every thread.
 template <int levels>
 static __device__ __forceinline__ int turbo_nearest(const float y, const float * boundaries) {
@@ -38,9 +60,9 @@ static __device__ __forceinline__ float turbo_warp_sum(float v) {
 // The search is the reference one (ggml-turbo.c); only the order of the sums differs.
 template <ggml_type type>
 static __device__ void quantize_f32_turbo_block_warp(const float * __restrict__ x, void * __restrict__ dst, const int lane) {
-    constexpr int levels = type == GGML_TYPE_TURBO4 ? 16 : type == GGML_TYPE_TURBO3 ? 8 : 4;
-    const float * codebook   = type == GGML_TYPE_TURBO4 ? turbo4_codebook   : type == GGML_TYPE_TURBO3 ? turbo3_codebook   : turbo2_codebook;
-    const float * boundaries = type == GGML_TYPE_TURBO4 ? turbo4_boundaries : type == GGML_TYPE_TURBO3 ? turbo3_boundaries : turbo2_boundaries;
+    constexpr int levels     = turbo_levels<type>();
+    const float * codebook   = turbo_codebook<type>();
+    const float * boundaries = turbo_boundaries<type>();
 
     float v[2];
     v[0] = x[lane];
