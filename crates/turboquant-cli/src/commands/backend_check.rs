@@ -9,11 +9,12 @@
 //!   fast math, so a value on a level boundary, or two scale candidates of equal gain, may go the
 //!   other way: a few blocks may differ, the error may not grow.
 //! - get-rows (dequantize): the same floats, to rounding.
-//! - flash attention, decode (1 query) and prefill (64 queries), for every K/V pair the CUDA
-//!   backend reads directly and every head size: the outputs agree to the precision of the GPU
-//!   kernels (f16 accumulators; with K in q8_0 the CPU also rounds the query to 8 bits), and
-//!   decoding must not fall back to converting the cache to f16 (llama.cpp logs that when it
-//!   happens).
+//! - flash attention, decode (1 or 2 queries) and prefill (64 queries), for every K/V pair the
+//!   CUDA backend reads directly and every head size, and for decoding with every grouping of
+//!   query heads over KV heads the turbo decode kernel treats apart (1 to 8 query heads per KV
+//!   head): the outputs agree to the precision of the GPU kernels (f16 accumulators; with K in
+//!   q8_0 the CPU also rounds the query to 8 bits), and decoding must not fall back to converting
+//!   the cache to f16 (llama.cpp logs that when it happens).
 
 use std::ffi::CStr;
 use std::path::PathBuf;
@@ -47,7 +48,7 @@ pub struct Args {
     pub json: Option<PathBuf>,
 }
 
-/// K/V pairs the CUDA flash-attention vector kernel reads without converting (patch 0007).
+/// K/V pairs the CUDA flash-attention decode kernels read without converting (patch 0007).
 const ATTENTION_PAIRS: [(&str, &str); 11] = [
     ("turbo4", "turbo4"),
     ("turbo3", "turbo3"),
@@ -60,6 +61,18 @@ const ATTENTION_PAIRS: [(&str, &str); 11] = [
     ("q8_0", "turbo2"),
     ("turbo4", "turbo3"),
     ("turbo4", "turbo2"),
+];
+
+/// Attention shapes: (queries, query heads, KV heads). Decoding with 4 query heads per KV head
+/// (Llama-3), 3 (SmolLM2), 8 (two blocks of heads per KV head), 2 and 1; two queries; a prompt.
+const ATTENTION_SHAPES: [(i64, i64, i64); 7] = [
+    (1, 8, 2),
+    (1, 9, 3),
+    (1, 16, 2),
+    (1, 4, 2),
+    (1, 2, 2),
+    (2, 8, 2),
+    (64, 8, 2),
 ];
 
 /// Tolerances, stated once (see the module comment for why each is what it is).
@@ -77,6 +90,9 @@ pub struct Check {
     pub types: String,
     pub head_size: i64,
     pub queries: i64,
+    /// query heads / KV heads, for attention
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heads: Option<String>,
     /// what was measured, in words
     pub metric: String,
     pub value: f64,
@@ -124,9 +140,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         for (k, v) in ATTENTION_PAIRS {
             let (k, v) = (CacheType::parse(k)?, CacheType::parse(v)?);
-            for queries in [1, 64] {
+            for shape in ATTENTION_SHAPES {
                 checks.push(check_attention(
-                    &cpu, &device, k, v, d, queries, args.n_kv, &mut rng,
+                    &cpu, &device, k, v, d, shape, args.n_kv, &mut rng,
                 )?);
             }
         }
@@ -134,7 +150,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "op", "K/V", "head", "queries", "measured", "value", "limit", "",
+        "op", "K/V", "head", "queries", "heads", "measured", "value", "limit", "",
     ]);
     for c in &checks {
         table.add_row(vec![
@@ -142,6 +158,7 @@ pub fn run(args: Args) -> Result<()> {
             Cell::new(&c.types),
             Cell::new(c.head_size).set_alignment(CellAlignment::Right),
             Cell::new(c.queries).set_alignment(CellAlignment::Right),
+            Cell::new(c.heads.as_deref().unwrap_or("")).set_alignment(CellAlignment::Right),
             Cell::new(&c.metric),
             Cell::new(format!("{:.3e}", c.value)).set_alignment(CellAlignment::Right),
             Cell::new(&c.limit),
@@ -234,6 +251,7 @@ fn check_set_rows(
             types: types.clone(),
             head_size: d,
             queries: rows,
+            heads: None,
             metric: "blocks bit-identical".into(),
             value: identical as f64 / blocks as f64,
             limit: format!(">= {SET_ROWS_MIN_IDENTICAL_BLOCKS}"),
@@ -244,6 +262,7 @@ fn check_set_rows(
             types,
             head_size: d,
             queries: rows,
+            heads: None,
             metric: "squared error, device / CPU".into(),
             value: growth,
             limit: format!("<= {SET_ROWS_MAX_ERROR_GROWTH}"),
@@ -283,6 +302,7 @@ fn check_get_rows(
         types: ty.name().into(),
         head_size: d,
         queries: picks.len() as i64,
+        heads: None,
         metric: "max |diff| / max |value|".into(),
         value: diff,
         limit: format!("<= {GET_ROWS_MAX_REL_DIFF:e}"),
@@ -297,11 +317,10 @@ fn check_attention(
     k_type: CacheType,
     v_type: CacheType,
     d: i64,
-    queries: i64,
+    (queries, heads, kv_heads): (i64, i64, i64),
     n_kv: i64,
     rng: &mut Rng,
 ) -> Result<Check> {
-    let (heads, kv_heads) = (8i64, 2i64);
     let q = rng.normals(d * queries * heads);
     let k = quantize(k_type, &rng.normals(d * n_kv * kv_heads), d)?;
     let v = quantize(v_type, &rng.normals(d * n_kv * kv_heads), d)?;
@@ -339,7 +358,7 @@ fn check_attention(
         .iter()
         .any(|l| l.contains("converting K and V to f16"));
     let rel_rms = rms_diff(&a, &b) / rms(&a).max(f64::MIN_POSITIVE);
-    let decode = queries == 1;
+    let decode = queries <= 2;
     let limit = if k_type.name() == "q8_0" {
         ATTENTION_MAX_REL_RMS_Q8_K
     } else {
@@ -354,6 +373,7 @@ fn check_attention(
         types: format!("{}/{}", k_type.name(), v_type.name()),
         head_size: d,
         queries,
+        heads: Some(format!("{heads}/{kv_heads}")),
         metric: if decode && fell_back {
             "rms diff / rms (fell back to f16!)".into()
         } else {

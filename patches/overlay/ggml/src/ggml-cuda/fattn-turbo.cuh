@@ -1,14 +1,15 @@
-// The flash-attention vector kernel (fattn-vec.cuh) reading the TurboQuant cache types directly:
-// K·Q as codebook lookups against the (already rotated) query, V accumulated from codes. No f16
-// copy of the cache is made, so decoding reads 2.25-4.25 bits per cached value.
+// Reading the TurboQuant cache types in flash attention without an f16 copy of the cache, so
+// decoding reads 2.25-4.25 bits per cached value: the code layouts the decode kernel
+// (fattn-turbo-decode.cuh) uses for K, and turbo V for the vector kernel (fattn-vec.cuh) when K is
+// f16 or q8_0.
 //
-// Codebook lookups go through the warp: lane l holds codebook[l % levels] (as a half2 of two
-// equal halves) and a value's code picks the lane with __shfl_sync. That is one instruction per
-// value, with no shared memory and no bank conflicts; it needs the whole warp converged, which
-// the vector kernel guarantees at both call sites (they sit outside any thread-dependent branch).
+// Codebook lookups go through the warp: lane l holds codebook[l % levels] and a value's code picks
+// the lane with __shfl_sync. That is one instruction per value, with no shared memory and no bank
+// conflicts; it needs the whole warp converged, which the kernels guarantee at every call site
+// (they sit outside any thread-dependent branch).
 //
-// K side: 8 threads work on one K row (as for f16 K). In each 64-value block, thread t reads the
-// bytes that hold its codes, so the values a thread owns follow the packing, not the value order:
+// K side: 8 threads work on one 64-value block of a K row. Thread t reads the bytes that hold its
+// codes, so the values a thread owns follow the packing, not the value order:
 //   turbo4: values 4t..4t+3 and 32+4t..32+4t+3 (qs bytes 4t..4t+3, low and high nibbles)
 //   turbo3, turbo2: values 2t, 2t+1 plus 0, 16, 32, 48 (qs bytes 2t, 2t+1; turbo3's qh bits follow)
 // The kernel loads the query in that order (turbo_fattn_q_pair) so that the dot product is a
@@ -22,9 +23,6 @@
 static constexpr __host__ __device__ bool ggml_cuda_type_is_turbo(const ggml_type type) {
     return type == GGML_TYPE_TURBO4 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO2;
 }
-
-// threads per K row for the turbo K types
-#define TURBO_FATTN_NTHREADS_KQ 8
 
 template <ggml_type type>
 static __device__ __forceinline__ half2 turbo_fattn_codebook_lane() {
@@ -55,7 +53,9 @@ static __device__ __forceinline__ int turbo_fattn_q_pair(const int k, const int 
     }
 }
 
-// The four (lo, hi) code pairs of thread t in one block, in the order of turbo_fattn_q_pair.
+// The four (lo, hi) code pairs of thread t in one block, in the order of turbo_fattn_q_pair, as
+// lanes for a codebook lookup: bits above a code are left in place, since __shfl_sync reads only
+// bits 4:0 of the lane and the codebook repeats every `levels` lanes.
 template <ggml_type type_K>
 static __device__ __forceinline__ void turbo_fattn_codes(const char * __restrict__ blk, const int t, int lo[4], int hi[4]) {
     if constexpr (type_K == GGML_TYPE_TURBO4) {
@@ -64,18 +64,22 @@ static __device__ __forceinline__ void turbo_fattn_codes(const char * __restrict
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
             const int shift = 16*(p % 2) + 4*(p / 2);
-            lo[p] = (w >> shift)       & 0xF;
-            hi[p] = (w >> (shift + 8)) & 0xF;
+            lo[p] = w >> shift;
+            hi[p] = w >> (shift + 8);
         }
     } else if constexpr (type_K == GGML_TYPE_TURBO3) {
         const block_turbo3 * x = (const block_turbo3 *) blk;
-        const uint32_t q = turbo_fattn_load_u16(x->qs + 2*t);
-        const uint32_t h = turbo_fattn_load_u16(x->qh + (2*t) % 8);
+        const uint32_t q  = turbo_fattn_load_u16(x->qs + 2*t);
+        // bit 2p (+8): high bit of the code of value 2t (+1) + 16p
+        const uint32_t hs = turbo_fattn_load_u16(x->qh + (2*t) % 8) >> (t/4);
+        // codes of even p at bits 4(p/2) (+8) of w0, of odd p in w1
+        const uint32_t w0 = (q        & 0x3333) | ((hs << 2) & ~0x3333u);
+        const uint32_t w1 = ((q >> 2) & 0x3333) | (hs        & ~0x3333u);
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
-            const int hb = t/4 + 2*p; // qh bit of values 2t + 16p and 2t + 1 + 16p
-            lo[p] = ((q >> (2*p))     & 3) | (((h >> hb)       & 1) << 2);
-            hi[p] = ((q >> (2*p + 8)) & 3) | (((h >> (hb + 8)) & 1) << 2);
+            const uint32_t w = p % 2 == 0 ? w0 : w1;
+            lo[p] = w >> (4*(p / 2));
+            hi[p] = w >> (4*(p / 2) + 8);
         }
     } else {
         static_assert(type_K == GGML_TYPE_TURBO2, "not a turbo type");
@@ -83,45 +87,10 @@ static __device__ __forceinline__ void turbo_fattn_codes(const char * __restrict
         const uint32_t q = turbo_fattn_load_u16(x->qs + 2*t);
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
-            lo[p] = (q >> (2*p))     & 3;
-            hi[p] = (q >> (2*p + 8)) & 3;
+            lo[p] = q >> (2*p);
+            hi[p] = q >> (2*p + 8);
         }
     }
-}
-
-template <ggml_type type_K, int D, int nthreads>
-static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo(
-    const char * __restrict__ K_c, const void * __restrict__ Q_v, const int * __restrict__ Q_q8, const void * __restrict__ Q_ds_v) {
-    static_assert(nthreads == TURBO_FATTN_NTHREADS_KQ, "the turbo K layout is for 8 threads per row");
-    static_assert(D % QK_TURBO == 0, "head size must be a multiple of the turbo block");
-    GGML_UNUSED(Q_q8);
-    GGML_UNUSED(Q_ds_v);
-
-    constexpr size_t block_size = turbo_block_size<type_K>();
-    const half2 cb = turbo_fattn_codebook_lane<type_K>();
-    const int t = threadIdx.x % nthreads;
-
-    float sum = 0.0f;
-#pragma unroll
-    for (int b = 0; b < D/QK_TURBO; ++b) {
-        const char * blk = K_c + b*block_size;
-        int lo[4];
-        int hi[4];
-        turbo_fattn_codes<type_K>(blk, t, lo, hi);
-
-        float sum_b = 0.0f;
-#pragma unroll
-        for (int p = 0; p < 4; ++p) {
-            const half2 c = turbo_fattn_lookup2(cb, lo[p], hi[p]);
-#ifdef V_DOT2_F32_F16_AVAILABLE
-            ggml_cuda_mad(sum_b, c, ((const half2 *) Q_v)[4*b + p]);
-#else
-            ggml_cuda_mad(sum_b, __half22float2(c), ((const float2 *) Q_v)[4*b + p]);
-#endif // V_DOT2_F32_F16_AVAILABLE
-        }
-        sum += __half2float(*(const half *) blk) * sum_b; // every turbo block starts with its scale d
-    }
-    return sum;
 }
 
 // ne consecutive values of a V row from i0 (a multiple of 4), as ggml's dequantize_V_* functions.

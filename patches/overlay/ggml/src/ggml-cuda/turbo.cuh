@@ -78,12 +78,17 @@ static __device__ void quantize_f32_turbo_block_warp(const float * __restrict__ 
         amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFF, amax, offset, WARP_SIZE));
     }
 
+    // the level of code i, from lane i (codebook lookups by shuffle: no divergent constant reads)
+    const float level = codebook[lane % levels];
+
     half d = __float2half(0.0f);
     int idx[2] = {levels/2, levels/2};
     if (amax >= TURBO_MIN_MAGNITUDE) {
         const float inv_amax = 1.0f / amax;
         float best_gain  = -1.0f;
         float best_scale = 0.0f;
+        // unrolled: the candidates' warp sums are independent, so their shuffles overlap
+#pragma unroll
         for (int j = 0; j < TURBO_SCALE_CANDIDATES; ++j) {
             const float inv = turbo_scale_grid_inv[j];
             float sxc = 0.0f;
@@ -91,7 +96,7 @@ static __device__ void quantize_f32_turbo_block_warp(const float * __restrict__ 
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const float y = v[h] * inv_amax;
-                const float c = codebook[turbo_nearest<levels>(y * inv, boundaries)];
+                const float c = __shfl_sync(0xFFFFFFFF, level, turbo_nearest<levels>(y * inv, boundaries), WARP_SIZE);
                 sxc += y * c;
                 scc += c * c;
             }
