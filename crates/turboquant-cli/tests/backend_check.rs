@@ -27,8 +27,17 @@ fn dry_run_on_the_cpu_passes_every_check() {
     );
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
     let checks = report["checks"].as_array().unwrap();
-    // per head size: 3 types x (2 set-rows + 1 get-rows) + 11 pairs x (decode, prefill)
-    assert_eq!(checks.len(), 2 * (9 + 22));
+    // per head size: 3 types x (2 set-rows + 1 get-rows) + 11 pairs x 7 attention shapes
+    // (decoding with 5 groupings of query heads over KV heads, 2 queries, a prompt)
+    assert_eq!(checks.len(), 2 * (9 + 11 * 7));
+    for heads in ["8/2", "9/3", "16/2", "4/2", "2/2"] {
+        assert!(
+            checks
+                .iter()
+                .any(|c| c["op"] == "attention decode" && c["heads"] == heads),
+            "decoding with {heads} query/KV heads missing"
+        );
+    }
     for op in [
         "set-rows",
         "get-rows",
