@@ -156,6 +156,8 @@ static __device__ __forceinline__ void turbo_decode_stage_wait() {
 #endif // CP_ASYNC_AVAILABLE
 }
 
+// 4 blocks per SM (128 registers) hide the copies best; with head size 256 and 4 heads that would
+// spill, so 3 there
 template<int D, int ncols, ggml_type type_K, ggml_type type_V, bool use_logit_softcap> // D == head size, ncols == query heads per block
 __launch_bounds__(TURBO_DECODE_NWARPS*WARP_SIZE, D == 256 ? 3 : 4)
 static __global__ void flash_attn_ext_turbo_decode(
