@@ -5,6 +5,8 @@
 //! documents look like), and not a file that may be missing. The document describes made-up towns,
 //! each paragraph assembled from its own random choices, so no two paragraphs are alike.
 
+use crate::rng::SplitMix64;
+
 /// The hidden fact and how it is asked for.
 pub struct Needle {
     pub sentence: &'static str,
@@ -100,29 +102,8 @@ const DIRECTIONS: [&str; 8] = [
     "north-west",
 ];
 
-/// A small deterministic generator (splitmix64), so the same seed gives the same document.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x ^ (x >> 31)
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
 /// One paragraph about one town.
-fn paragraph(rng: &mut Rng) -> String {
+fn paragraph(rng: &mut SplitMix64) -> String {
     let town = rng.pick(&NAMES);
     let other = rng.pick(&NAMES);
     let year = rng.range(1150, 1890);
@@ -148,7 +129,7 @@ fn paragraph(rng: &mut Rng) -> String {
 /// Paragraphs from `seed`, until `fits(text)` says the next one would not fit; the needle goes
 /// in at `depth` (0: first, 1: last), between paragraphs.
 pub fn build(seed: u64, depth: Option<f64>, mut fits: impl FnMut(&str) -> bool) -> String {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let mut paragraphs: Vec<String> = Vec::new();
     let needle = format!("{}\n\n", NEEDLE.sentence);
     let mut text = String::new();

@@ -7,6 +7,7 @@ mod input;
 mod llama;
 mod models;
 mod output;
+mod rng;
 
 use std::process::ExitCode;
 

@@ -12,9 +12,10 @@
 //! - flash attention, decode (1 or 2 queries) and prefill (64 queries), for every K/V pair the
 //!   CUDA backend reads directly and every head size, and for decoding with every grouping of
 //!   query heads over KV heads the turbo decode kernel treats apart (1 to 8 query heads per KV
-//!   head): the outputs agree to the precision of the GPU kernels (f16 accumulators; with K in
-//!   q8_0 the CPU also rounds the query to 8 bits), and decoding must not fall back to converting
-//!   the cache to f16 (llama.cpp logs that when it happens).
+//!   head): the outputs agree to the precision of the GPU kernels (f16 levels and products in
+//!   llama.cpp's vector and tensor-core kernels, f32 in the turbo decode kernel; with K in q8_0
+//!   the CPU also rounds the query to 8 bits), and decoding must not fall back to converting the
+//!   cache to f16 (llama.cpp logs that when it happens).
 
 use std::ffi::CStr;
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ use llama_cpp_sys_2 as sys;
 use serde::Serialize;
 
 use crate::llama::{self, cache_type::CacheType, logs};
+use crate::rng::SplitMix64;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Example (on a machine with a CUDA build):\n  \
@@ -130,7 +132,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     eprintln!("checking {} against the CPU", device.name);
 
-    let mut rng = Rng(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = SplitMix64(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut checks = Vec::new();
     for &d in &args.head_sizes {
         for bits in [4u8, 3, 2] {
@@ -189,7 +191,7 @@ fn check_set_rows(
     device: &Backend,
     ty: CacheType,
     d: i64,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
 ) -> Result<Vec<Check>> {
     let rows = 256i64;
     let mut x = rng.normals(d * rows);
@@ -276,7 +278,7 @@ fn check_get_rows(
     device: &Backend,
     ty: CacheType,
     d: i64,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
 ) -> Result<Check> {
     let rows = 64i64;
     let x = rng.normals(d * rows);
@@ -319,7 +321,7 @@ fn check_attention(
     d: i64,
     (queries, heads, kv_heads): (i64, i64, i64),
     n_kv: i64,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
 ) -> Result<Check> {
     let q = rng.normals(d * queries * heads);
     let k = quantize(k_type, &rng.normals(d * n_kv * kv_heads), d)?;
@@ -431,32 +433,6 @@ fn rms_diff(a: &[f32], b: &[f32]) -> f64 {
         .sum::<f64>()
         / a.len() as f64)
         .sqrt()
-}
-
-/// splitmix64, with a Box-Muller normal: inputs only need to be varied and reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-
-    fn normals(&mut self, n: i64) -> Vec<f32> {
-        (0..n).map(|_| self.normal()).collect()
-    }
 }
 
 /// A ggml backend, freed on drop.

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::llama::{self, ContextSettings, KvCacheSize, KvTypes, Model};
 use crate::models;
+use crate::rng::SplitMix64;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -224,12 +225,8 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn random_token(n_vocab: i32, i: u64) -> LlamaToken {
-    // a fixed sequence of pseudo-random token ids (splitmix64)
-    let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^= x >> 31;
-    LlamaToken::new((x % n_vocab as u64) as i32)
+    // a fixed sequence of pseudo-random token ids: the first output of the generator at state i
+    LlamaToken::new((SplitMix64(i).next() % n_vocab as u64) as i32)
 }
 
 /// Fills the cache with `depth` tokens, in batches.

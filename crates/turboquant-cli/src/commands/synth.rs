@@ -21,6 +21,7 @@ use llama_cpp_sys_2 as sys;
 
 use crate::llama::GgufFile;
 use crate::models;
+use crate::rng::SplitMix64;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -217,19 +218,6 @@ fn tensors(shape: &Shape, n_vocab: u32) -> Vec<TensorSpec> {
         ]);
     }
     list
-}
-
-/// SplitMix64: a few lines, fast, and plenty random for weights nobody reads.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 /// Owns a `gguf_context` (from gguf_init_from_file or gguf_init_empty).
