@@ -36,12 +36,6 @@ static constexpr __host__ __device__ int turbo_decode_nthreads_KQ() {
     return D <= 2*QK_TURBO ? 8 : 16;
 }
 
-// The codebook level of the lane, for lookups by __shfl_sync (see fattn-turbo.cuh).
-template <ggml_type type>
-static __device__ __forceinline__ float turbo_decode_codebook_lane() {
-    return turbo_codebook<type>()[threadIdx.x % turbo_levels<type>()];
-}
-
 // The 4 codes of V slice m (0..15) of a block, as lookup lanes. A slice is the values whose
 // codes share bytes: turbo4 positions 2m, 2m+1, 2m+32, 2m+33 (one 16-bit word of nibbles),
 // turbo3 and turbo2 positions m, m+16, m+32, m+48 (one qs byte, for turbo3 with one qh byte).
@@ -67,8 +61,9 @@ static __device__ __forceinline__ void turbo_decode_v_codes(const char * __restr
         const uint32_t q  = x->qs[m];
         const uint32_t hs = x->qh[m % 8] >> (m / 8); // bit 2k: high bit of the code of m + 16k
         // codes 0 and 2 at bits 0 and 4 of w0, codes 1 and 3 at bits 0 and 4 of w1
-        const uint32_t w0 = (q        & 0x33) | ((hs << 2) & ~0x33u);
-        const uint32_t w1 = ((q >> 2) & 0x33) | (hs        & ~0x33u);
+        uint32_t w0;
+        uint32_t w1;
+        turbo3_fattn_merge_codes(q, hs, w0, w1);
         c[0] = w0;
         c[1] = w1;
         c[2] = w0 >> 4;
@@ -267,8 +262,8 @@ static __global__ void flash_attn_ext_turbo_decode(
         }
     }
 
-    const float cb_K = turbo_decode_codebook_lane<type_K>();
-    const float cb_V = turbo_decode_codebook_lane<type_V>();
+    const float cb_K = turbo_codebook_lane<type_K>(lane);
+    const float cb_V = turbo_codebook_lane<type_V>(lane);
 
     // the step's K and V rows; the warps' outputs at the end (combine_shared)
     constexpr int tile_bytes    = nthreads*(K_row_bytes + V_row_bytes);

@@ -26,8 +26,7 @@ static constexpr __host__ __device__ bool ggml_cuda_type_is_turbo(const ggml_typ
 
 template <ggml_type type>
 static __device__ __forceinline__ half2 turbo_fattn_codebook_lane() {
-    const int lane = threadIdx.x % WARP_SIZE;
-    return __float2half2_rn(turbo_codebook<type>()[lane % turbo_levels<type>()]);
+    return __float2half2_rn(turbo_codebook_lane<type>(threadIdx.x % WARP_SIZE));
 }
 
 // (codebook[lo], codebook[hi]) from the warp
@@ -39,6 +38,14 @@ static __device__ __forceinline__ half2 turbo_fattn_lookup2(const half2 cb, cons
 
 static __device__ __forceinline__ uint32_t turbo_fattn_load_u16(const uint8_t * p) {
     return *(const uint16_t *) p; // every offset used here is even, blocks are 2-byte aligned
+}
+
+// turbo3 codes as lookup lanes, two per 4-bit field: q holds the low 2 bits of four codes per byte
+// (code k of a byte at bits 2k), hs their high bits at the same positions (bit 2k of each byte).
+// Codes 0 and 2 of each byte come out at bits 0 and 4 of that byte of w0, codes 1 and 3 of w1.
+static __device__ __forceinline__ void turbo3_fattn_merge_codes(const uint32_t q, const uint32_t hs, uint32_t & w0, uint32_t & w1) {
+    w0 = (q        & 0x3333) | ((hs << 2) & ~0x3333u);
+    w1 = ((q >> 2) & 0x3333) | (hs        & ~0x3333u);
 }
 
 // Position (in float2 pairs of the query row) of the k-th query pair thread t holds.
@@ -73,8 +80,9 @@ static __device__ __forceinline__ void turbo_fattn_codes(const char * __restrict
         // bit 2p (+8): high bit of the code of value 2t (+1) + 16p
         const uint32_t hs = turbo_fattn_load_u16(x->qh + (2*t) % 8) >> (t/4);
         // codes of even p at bits 4(p/2) (+8) of w0, of odd p in w1
-        const uint32_t w0 = (q        & 0x3333) | ((hs << 2) & ~0x3333u);
-        const uint32_t w1 = ((q >> 2) & 0x3333) | (hs        & ~0x3333u);
+        uint32_t w0;
+        uint32_t w1;
+        turbo3_fattn_merge_codes(q, hs, w0, w1);
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
             const uint32_t w = p % 2 == 0 ? w0 : w1;

@@ -35,6 +35,15 @@ static __device__ __forceinline__ const float * turbo_boundaries() {
     return type == GGML_TYPE_TURBO4 ? turbo4_boundaries : type == GGML_TYPE_TURBO3 ? turbo3_boundaries : turbo2_boundaries;
 }
 
+// Level `lane % levels`, held by each lane of a warp so that codes can be looked up with
+// __shfl_sync (one instruction, no divergent constant-memory reads). The shuffle reads only bits
+// 4:0 of its lane argument and the levels repeat every `levels` lanes, so a code may carry any
+// bits above its own.
+template <ggml_type type>
+static __device__ __forceinline__ float turbo_codebook_lane(const unsigned int lane) {
+    return turbo_codebook<type>()[lane % turbo_levels<type>()];
+}
+
 // Index of the nearest level: the boundaries are read in the same order by every thread.
 template <int levels>
 static __device__ __forceinline__ int turbo_nearest(const float y, const float * boundaries) {
@@ -78,8 +87,7 @@ static __device__ void quantize_f32_turbo_block_warp(const float * __restrict__ 
         amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFF, amax, offset, WARP_SIZE));
     }
 
-    // the level of code i, from lane i (codebook lookups by shuffle: no divergent constant reads)
-    const float level = codebook[lane % levels];
+    const float level = turbo_codebook_lane<type>(lane);
 
     half d = __float2half(0.0f);
     int idx[2] = {levels/2, levels/2};
