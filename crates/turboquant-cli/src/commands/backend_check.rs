@@ -8,6 +8,10 @@
 //!   identical, and the reconstruction error of both against the input. ggml-cuda builds with
 //!   fast math, so a value on a level boundary, or two scale candidates of equal gain, may go the
 //!   other way: a few blocks may differ, the error may not grow.
+//! - a layer's cache writes and query rotation as llama.cpp builds them for turbo caches (the
+//!   calibrated transform, upstream's Hadamard rotation, set-rows), which the CUDA backend runs as
+//!   one kernel per chain (turbo-fuse.cu): the cache bytes as for set-rows, the rotated query to
+//!   rounding, and on a GPU the log must say the three chains were fused.
 //! - get-rows (dequantize): the same floats, to rounding.
 //! - flash attention, decode (1 or 2 queries) and prefill (64 queries), for every K/V pair the
 //!   CUDA backend reads directly and every head size, and for decoding with every grouping of
@@ -81,6 +85,11 @@ const ATTENTION_SHAPES: [(i64, i64, i64); 7] = [
 const SET_ROWS_MIN_IDENTICAL_BLOCKS: f64 = 0.99;
 const SET_ROWS_MAX_ERROR_GROWTH: f64 = 1.001;
 const GET_ROWS_MAX_REL_DIFF: f64 = 1e-6;
+/// The CPU's own cache against what it should hold: turbo2's error on Gaussian values is about
+/// 0.12 of the signal (turbo3 0.03, turbo4 0.01); a wrong reference would be near 2.
+const CACHE_MAX_RELATIVE_ERROR: f64 = 0.2;
+/// The rotated query: the same transform in f32, its butterflies summed in another order.
+const ROTATED_QUERY_MAX_REL_DIFF: f64 = 1e-5;
 const ATTENTION_MAX_REL_RMS: f64 = 5e-3;
 /// With K in q8_0 the CPU rounds the query to 8 bits too (q8_0's dot product is q8_0 by q8_0),
 /// and the GPU's prefill kernel does not: their difference is that rounding, about 5e-3.
@@ -139,6 +148,7 @@ pub fn run(args: Args) -> Result<()> {
             let ty = CacheType::turbo(bits);
             checks.extend(check_set_rows(&cpu, &device, ty, d, &mut rng)?);
             checks.push(check_get_rows(&cpu, &device, ty, d, &mut rng)?);
+            checks.extend(check_fused_chains(&cpu, &device, ty, d, &mut rng)?);
         }
         for (k, v) in ATTENTION_PAIRS {
             let (k, v) = (CacheType::parse(k)?, CacheType::parse(v)?);
@@ -221,36 +231,276 @@ fn check_set_rows(
     };
     let (a, b) = (graph(cpu)?, graph(device)?);
 
-    let format = turboquant::block::TurboType::ALL
+    // the rows in input order (row r was written to rows-1-r); what each should hold is its
+    // input, and for the first four, whose input is not all finite or not typical, what the CPU
+    // made of it (so any difference there counts as error)
+    let row_bytes = ty.row_bytes(d as u64) as usize;
+    let in_input_order = |cache: &[u8]| -> Vec<u8> {
+        (0..rows)
+            .flat_map(|r| {
+                let stored = (rows - 1 - r) as usize;
+                cache[stored * row_bytes..(stored + 1) * row_bytes].to_vec()
+            })
+            .collect()
+    };
+    let (a, b) = (in_input_order(&a), in_input_order(&b));
+    let mut reference = x.clone();
+    let cpu_values = turbo_format(ty)?.dequantize_row(&a)?;
+    reference[..row(4).start].copy_from_slice(&cpu_values[..row(4).start]);
+    compare_cache_blocks("set-rows", ty, d, rows, &a, &b, &reference)
+}
+
+/// One layer's new keys, values and queries as llama.cpp turns them into the cache and the
+/// attention's query when the cache is turbo (patch 0004's transform, then upstream's Hadamard
+/// rotation): K = H·((k − mu)·scale) and V = H·v written with set-rows, Q = H·(q·q_scale). On
+/// CUDA each of the three chains runs as one kernel (turbo-fuse.cu); the CPU runs the nodes.
+fn check_fused_chains(
+    cpu: &Backend,
+    device: &Backend,
+    ty: CacheType,
+    d: i64,
+    rng: &mut SplitMix64,
+) -> Result<Vec<Check>> {
+    // rotation sizes as llama.cpp picks them: the whole head for K and Q, 64 for V
+    let (heads, kv_heads, tokens, rows, k_rot, v_rot) = (4i64, 2i64, 128i64, 256i64, d, 64i64);
+    let k = rng.normals(d * kv_heads * tokens);
+    let v = rng.normals(d * kv_heads * tokens);
+    let q = rng.normals(d * heads * tokens);
+    let mu: Vec<f32> = rng.normals(d * kv_heads).iter().map(|x| 0.3 * x).collect();
+    let k_scale: Vec<f32> = (0..d * kv_heads)
+        .map(|_| 0.5 + rng.uniform() as f32)
+        .collect();
+    let q_scale: Vec<f32> = (0..d * heads).map(|_| 0.5 + rng.uniform() as f32).collect();
+    // distinct cache rows, out of order (37 is prime to 256)
+    let written: Vec<i64> = (0..tokens).map(|t| (t * 37 + 11) % rows).collect();
+
+    let graph = |backend: &Backend| -> Result<(Vec<u8>, Vec<u8>, Vec<f32>)> {
+        let g = Graph::new(backend, 48)?;
+        let tk = g.tensor_3d(sys::GGML_TYPE_F32, d, kv_heads, tokens);
+        let tv = g.tensor_3d(sys::GGML_TYPE_F32, d, kv_heads, tokens);
+        let tq = g.tensor_3d(sys::GGML_TYPE_F32, d, heads, tokens);
+        let tmu = g.tensor_2d(sys::GGML_TYPE_F32, d, kv_heads);
+        let tks = g.tensor_2d(sys::GGML_TYPE_F32, d, kv_heads);
+        let tqs = g.tensor_2d(sys::GGML_TYPE_F32, d, heads);
+        let hk = g.tensor_2d(sys::GGML_TYPE_F32, k_rot, k_rot);
+        let hv = g.tensor_2d(sys::GGML_TYPE_F32, v_rot, v_rot);
+        let k_cache = g.tensor_2d(ty.ggml(), d * kv_heads, rows);
+        let v_cache = g.tensor_2d(ty.ggml(), d * kv_heads, rows);
+        let idx = g.tensor_1d(sys::GGML_TYPE_I64, tokens);
+        // SAFETY: tensors of this context, in the shapes llama-graph.cpp and cpy_k/cpy_v build.
+        let (q_rot, v_rows, k_rows, v_write, k_write) = unsafe {
+            let rotate = |x: *mut sys::ggml_tensor, h: *mut sys::ggml_tensor| {
+                let n = (*h).ne[0];
+                let flat = sys::ggml_reshape_2d(g.ctx, x, n, sys::ggml_nelements(x) / n);
+                let r = sys::ggml_mul_mat(g.ctx, h, flat);
+                sys::ggml_mul_mat_set_hint(r, sys::GGML_HINT_SRC0_IS_HADAMARD);
+                sys::ggml_reshape_3d(g.ctx, r, (*x).ne[0], (*x).ne[1], (*x).ne[2])
+            };
+            let write = |cache, x: *mut sys::ggml_tensor| {
+                let rows = sys::ggml_view_2d(g.ctx, x, d * (*x).ne[1], tokens, (*x).nb[2], 0);
+                sys::ggml_set_rows(g.ctx, cache, rows, idx)
+            };
+            let q_rot = rotate(sys::ggml_mul(g.ctx, tq, tqs), hk);
+            let v_rows = rotate(tv, hv);
+            let k_rows = rotate(sys::ggml_mul(g.ctx, sys::ggml_sub(g.ctx, tk, tmu), tks), hk);
+            (
+                q_rot,
+                v_rows,
+                k_rows,
+                write(v_cache, v_rows),
+                write(k_cache, k_rows),
+            )
+        };
+        // in llama.cpp's order: Q, V, K, then the two cache writes
+        let g = g.allocate_all(&[q_rot, v_rows, k_rows, k_write, v_write])?;
+        g.set(tk, &k)?;
+        g.set(tv, &v)?;
+        g.set(tq, &q)?;
+        g.set(tmu, &mu)?;
+        g.set(tks, &k_scale)?;
+        g.set(tqs, &q_scale)?;
+        g.set(hk, &hadamard(k_rot))?;
+        g.set(hv, &hadamard(v_rot))?;
+        g.set(k_cache, &vec![0u8; g.nbytes(k_cache)])?;
+        g.set(v_cache, &vec![0u8; g.nbytes(v_cache)])?;
+        g.set(idx, &written)?;
+        g.compute()?;
+        Ok((
+            g.get::<u8>(k_cache)?,
+            g.get::<u8>(v_cache)?,
+            g.get::<f32>(q_rot)?,
+        ))
+    };
+    let a = graph(cpu)?;
+    let mark = logs::mark();
+    let b = graph(device)?;
+    let fused: usize = logs::lines_since(mark)
+        .iter()
+        .filter_map(|l| {
+            let (before, _) = l.split_once(" TurboQuant chains fused")?;
+            before.rsplit(' ').next()?.parse().ok()
+        })
+        .max()
+        .unwrap_or(0);
+
+    // what the cache should hold: the transform and the rotation in f64
+    let k_ref = rotate_reference(
+        &transform_reference(&k, Some(&mu), &k_scale, d * kv_heads),
+        k_rot,
+    );
+    let v_ref = rotate_reference(&v, v_rot);
+    let row_bytes = ty.row_bytes((d * kv_heads) as u64) as usize;
+    let written_rows = |cache: &[u8]| -> Vec<u8> {
+        written
+            .iter()
+            .flat_map(|&r| cache[r as usize * row_bytes..(r as usize + 1) * row_bytes].to_vec())
+            .collect()
+    };
+    let mut checks = Vec::new();
+    for (name, cpu_cache, device_cache, reference) in [
+        ("K: transform, rotate, set-rows (fused)", &a.0, &b.0, &k_ref),
+        ("V: rotate, set-rows (fused)", &a.1, &b.1, &v_ref),
+    ] {
+        checks.extend(compare_cache_blocks(
+            name,
+            ty,
+            d,
+            tokens,
+            &written_rows(cpu_cache),
+            &written_rows(device_cache),
+            reference,
+        )?);
+    }
+    let diff = max_abs_diff(&a.2, &b.2) / max_abs(&a.2).max(f64::MIN_POSITIVE);
+    checks.push(Check {
+        op: "Q: transform, rotate (fused)".into(),
+        types: ty.name().into(),
+        head_size: d,
+        queries: tokens,
+        heads: Some(format!("{heads}/{kv_heads}")),
+        metric: "max |diff| / max |value|".into(),
+        value: diff,
+        limit: format!("<= {ROTATED_QUERY_MAX_REL_DIFF:e}"),
+        pass: diff <= ROTATED_QUERY_MAX_REL_DIFF,
+    });
+    if device.name != cpu.name {
+        checks.push(Check {
+            op: "fusion".into(),
+            types: ty.name().into(),
+            head_size: d,
+            queries: tokens,
+            heads: None,
+            metric: "chains the device ran as one kernel".into(),
+            value: fused as f64,
+            limit: "= 3".into(),
+            pass: fused == 3,
+        });
+    }
+    Ok(checks)
+}
+
+/// (x − mu)·scale per channel and head (`period` values), or x·scale without mu.
+fn transform_reference(x: &[f32], mu: Option<&[f32]>, scale: &[f32], period: i64) -> Vec<f32> {
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let c = i % period as usize;
+            (v - mu.map_or(0.0, |m| m[c])) * scale[c]
+        })
+        .collect()
+}
+
+/// The orthonormal Walsh-Hadamard transform of every group of `n` values, in f64.
+fn rotate_reference(x: &[f32], n: i64) -> Vec<f32> {
+    let n = n as usize;
+    x.chunks_exact(n)
+        .flat_map(|group| {
+            let mut v: Vec<f64> = group.iter().map(|&x| f64::from(x)).collect();
+            let mut h = 1;
+            while h < n {
+                for start in (0..n).step_by(2 * h) {
+                    for i in start..start + h {
+                        let (a, b) = (v[i], v[i + h]);
+                        v[i] = a + b;
+                        v[i + h] = a - b;
+                    }
+                }
+                h *= 2;
+            }
+            let norm = 1.0 / (n as f64).sqrt();
+            v.into_iter().map(move |y| (y * norm) as f32)
+        })
+        .collect()
+}
+
+/// The orthonormal Hadamard matrix of size n in Sylvester order (as llama.cpp builds it).
+fn hadamard(n: i64) -> Vec<f32> {
+    let norm = 1.0 / (n as f32).sqrt();
+    (0..n * n)
+        .map(|k| {
+            let (i, j) = (k / n, k % n);
+            if (i & j).count_ones() % 2 == 0 {
+                norm
+            } else {
+                -norm
+            }
+        })
+        .collect()
+}
+
+fn turbo_format(ty: CacheType) -> Result<&'static turboquant::block::TurboFormat> {
+    Ok(turboquant::block::TurboType::ALL
         .into_iter()
         .find(|t| t.name() == ty.name())
         .context("not a turbo type")?
-        .format();
+        .format())
+}
+
+/// Cache rows written by the CPU and by the device: share of identical blocks, and the squared
+/// error of each against the values they should hold.
+fn compare_cache_blocks(
+    op: &str,
+    ty: CacheType,
+    d: i64,
+    rows: i64,
+    cpu: &[u8],
+    device: &[u8],
+    reference: &[f32],
+) -> Result<Vec<Check>> {
+    let format = turbo_format(ty)?;
     let block_bytes = format.ty().block_bytes();
-    let blocks = a.len() / block_bytes;
-    let identical = a
+    let blocks = cpu.len() / block_bytes;
+    let identical = cpu
         .chunks_exact(block_bytes)
-        .zip(b.chunks_exact(block_bytes))
+        .zip(device.chunks_exact(block_bytes))
         .filter(|(p, q)| p == q)
         .count();
-    // error of each reconstruction against the input (finite rows; row r was written to rows-1-r)
     let error = |bytes: &[u8]| -> Result<f64> {
         let values = format.dequantize_row(bytes)?;
-        let mut sum = 0.0f64;
-        for r in 4..rows {
-            let stored = (rows - 1 - r) as usize * d as usize;
-            for (i, &v) in x[row(r)].iter().enumerate() {
-                sum += f64::from(v - values[stored + i]).powi(2);
-            }
-        }
-        Ok(sum)
+        Ok(values
+            .iter()
+            .zip(reference)
+            .map(|(v, r)| f64::from(v - r).powi(2))
+            .sum())
     };
-    let growth = error(&b)? / error(&a)?;
-    let types = ty.name().to_string();
+    let cpu_error = error(cpu)?;
+    let growth = error(device)? / cpu_error;
+    let relative = cpu_error / reference.iter().map(|&r| f64::from(r).powi(2)).sum::<f64>();
     Ok(vec![
         Check {
-            op: "set-rows".into(),
-            types: types.clone(),
+            op: op.into(),
+            types: ty.name().into(),
+            head_size: d,
+            queries: rows,
+            heads: None,
+            metric: "squared error / signal, CPU".into(),
+            value: relative,
+            limit: format!("<= {CACHE_MAX_RELATIVE_ERROR}"),
+            pass: relative <= CACHE_MAX_RELATIVE_ERROR,
+        },
+        Check {
+            op: op.into(),
+            types: ty.name().into(),
             head_size: d,
             queries: rows,
             heads: None,
@@ -260,8 +510,8 @@ fn check_set_rows(
             pass: identical as f64 >= SET_ROWS_MIN_IDENTICAL_BLOCKS * blocks as f64,
         },
         Check {
-            op: "set-rows".into(),
-            types,
+            op: op.into(),
+            types: ty.name().into(),
             head_size: d,
             queries: rows,
             heads: None,
@@ -522,24 +772,37 @@ impl<'b> Graph<'b> {
     }
 
     fn allocate(self, out: *mut sys::ggml_tensor) -> Result<Allocated<'b>> {
-        ensure!(!out.is_null(), "ggml could not build the operation");
+        self.allocate_all(&[out])
+    }
+
+    /// A graph that computes `outs` in this order (and what they need), every tensor allocated.
+    fn allocate_all(self, outs: &[*mut sys::ggml_tensor]) -> Result<Allocated<'b>> {
+        ensure!(
+            outs.iter().all(|t| !t.is_null()),
+            "ggml could not build the operation"
+        );
         // SAFETY: the context is live; the graph is built in its memory before allocation.
         unsafe {
             let cgraph = sys::ggml_new_graph(self.ctx);
-            sys::ggml_build_forward_expand(cgraph, out);
+            for &out in outs {
+                sys::ggml_build_forward_expand(cgraph, out);
+            }
             let buffer = sys::ggml_backend_alloc_ctx_tensors(self.ctx, self.backend.ptr);
             ensure!(
                 !buffer.is_null(),
                 "could not allocate the tensors on {}",
                 self.backend.name
             );
-            if !sys::ggml_backend_supports_op(self.backend.ptr, out) {
-                let op = CStr::from_ptr(sys::ggml_op_desc(out)).to_string_lossy();
-                sys::ggml_backend_buffer_free(buffer);
-                bail!(
-                    "{} does not support {op} for these types",
-                    self.backend.name
-                );
+            for i in 0..sys::ggml_graph_n_nodes(cgraph) {
+                let node = sys::ggml_graph_node(cgraph, i);
+                if !sys::ggml_backend_supports_op(self.backend.ptr, node) {
+                    let op = CStr::from_ptr(sys::ggml_op_desc(node)).to_string_lossy();
+                    sys::ggml_backend_buffer_free(buffer);
+                    bail!(
+                        "{} does not support {op} for these types",
+                        self.backend.name
+                    );
+                }
             }
             Ok(Allocated {
                 graph: self,

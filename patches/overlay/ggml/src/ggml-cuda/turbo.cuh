@@ -63,19 +63,16 @@ static __device__ __forceinline__ float turbo_warp_sum(float v) {
     return __shfl_sync(0xFFFFFFFF, v, 0, WARP_SIZE); // the same value in every lane
 }
 
-// Quantizes one 64-value block with a whole warp: lane l holds values l and l + 32. A cache write
-// of one token is a handful of blocks, so one thread per block would leave the GPU idle for the
-// 16-candidate scale search; a warp per block takes it from hundreds of dependent steps to tens.
-// The search is the reference one (ggml-turbo.c); only the order of the sums differs.
+// Quantizes one 64-value block with a whole warp: lane l holds values l (v0) and l + 32 (v1). A
+// cache write of one token is a handful of blocks, so one thread per block would leave the GPU
+// idle for the 16-candidate scale search; a warp per block takes it from hundreds of dependent
+// steps to tens. The search is the reference one (ggml-turbo.c); only the order of the sums differs.
 template <ggml_type type>
-static __device__ void quantize_f32_turbo_block_warp(const float * __restrict__ x, void * __restrict__ dst, const int lane) {
+static __device__ void quantize_turbo_block_warp(const float v0, const float v1, void * __restrict__ dst, const int lane) {
     constexpr int levels     = turbo_levels<type>();
-    const float * codebook   = turbo_codebook<type>();
     const float * boundaries = turbo_boundaries<type>();
 
-    float v[2];
-    v[0] = x[lane];
-    v[1] = x[lane + QK_TURBO/2];
+    float v[2] = {v0, v1};
     float amax = 0.0f;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -170,6 +167,11 @@ static __device__ void quantize_f32_turbo_block_warp(const float * __restrict__ 
             qs[lane] = q;
         }
     }
+}
+
+template <ggml_type type>
+static __device__ void quantize_f32_turbo_block_warp(const float * __restrict__ x, void * __restrict__ dst, const int lane) {
+    quantize_turbo_block_warp<type>(x[lane], x[lane + QK_TURBO/2], dst, lane);
 }
 
 // values iqs and iqs + 32 of block ib, iqs in [0, 32)
