@@ -13,7 +13,7 @@
 #include <vector>
 
 //
-// kernels: a warp per rotation group of n_rot values, lane l holding values l + 32 i
+// kernels: a warp holds a rotation group of n_rot values, lane l holding values l + 32 i
 //
 
 // The orthonormal Walsh-Hadamard transform of the group (Sylvester order, as ggml_gen_hadamard
@@ -66,14 +66,19 @@ static __device__ __forceinline__ void turbo_load_group(
     }
 }
 
-// K and V: transform, rotate and quantize into the rows of the cache that idx names.
+// K and V: transform, rotate and quantize into the rows of the cache that idx names. A warp per
+// 64-value block: each warp of a group rotates the whole group (a few shuffles) and quantizes its
+// own block, so the blocks' scale searches, the long part, run side by side rather than in turn.
 template <int n_rot, ggml_type type, typename idx_t>
 static __global__ void __launch_bounds__(4*WARP_SIZE) k_turbo_rotate_set_rows(
         const float * __restrict__ x, const float * __restrict__ mu, const float * __restrict__ scale,
         const idx_t * __restrict__ idx, char * __restrict__ dst, const int64_t n_groups, const uint3 period,
         const float norm, const uint3 ne00, const uint3 ne01, const uint3 ne02, const uint3 ne11, const uint3 ne12,
         const int64_t s10, const int64_t s11, const int64_t s12, const int64_t nb1, const int64_t nb2, const int64_t nb3) {
-    const int64_t g    = (int64_t) blockIdx.x*blockDim.y + threadIdx.y;
+    constexpr int blocks_per_group = n_rot/QK_TURBO;
+    const int64_t w    = (int64_t) blockIdx.x*blockDim.y + threadIdx.y;
+    const int64_t g    = w / blocks_per_group;
+    const int     b    = w % blocks_per_group;
     const int     lane = threadIdx.x;
     if (g >= n_groups) {
         return; // the whole warp
@@ -83,6 +88,15 @@ static __global__ void __launch_bounds__(4*WARP_SIZE) k_turbo_rotate_set_rows(
     float v[n_rot/WARP_SIZE];
     turbo_load_group<n_rot>(v, x, mu, scale, g, period, norm, lane);
     turbo_hadamard_warp<n_rot>(v, lane);
+
+    // block b is values 2b and 2b + 1 of every lane (selected without indexing the registers)
+    float v0 = v[0];
+    float v1 = v[1];
+#pragma unroll
+    for (int i = 1; i < blocks_per_group; ++i) {
+        v0 = b == i ? v[2*i]     : v0;
+        v1 = b == i ? v[2*i + 1] : v1;
+    }
 
     // the group's place in SET_ROWS's (contiguous) source, and the cache row it goes to
     uint2 dm = fast_div_modulo((uint32_t) (g * n_rot), ne00);
@@ -95,11 +109,8 @@ static __global__ void __launch_bounds__(4*WARP_SIZE) k_turbo_rotate_set_rows(
     const int64_t  row = idx[i01*s10 + fastmodulo(i02, ne11)*s11 + fastmodulo(i03, ne12)*s12];
 
     constexpr size_t block_size = turbo_block_size<type>();
-    char * out = dst + row*nb1 + i02*nb2 + i03*nb3 + (i00/QK_TURBO)*block_size;
-#pragma unroll
-    for (int b = 0; b < n_rot/QK_TURBO; ++b) {
-        quantize_turbo_block_warp<type>(v[2*b], v[2*b + 1], out + b*block_size, lane);
-    }
+    char * out = dst + row*nb1 + i02*nb2 + i03*nb3 + (i00/QK_TURBO + b)*block_size;
+    quantize_turbo_block_warp<type>(v0, v1, out, lane);
 }
 
 // Q: transform and rotate.
@@ -127,7 +138,7 @@ static __global__ void __launch_bounds__(4*WARP_SIZE) k_turbo_rotate(
 // launch
 //
 
-static constexpr int TURBO_FUSE_WARPS = 4; // groups per CUDA block
+static constexpr int TURBO_FUSE_WARPS = 4; // warps per CUDA block
 
 template <int n_rot, ggml_type type, typename idx_t>
 static void turbo_rotate_set_rows_cuda(const ggml_cuda_turbo_chain & c, const int64_t n_groups, const uint3 period,
@@ -135,8 +146,9 @@ static void turbo_rotate_set_rows_cuda(const ggml_cuda_turbo_chain & c, const in
     const ggml_tensor * sr   = c.end;
     const ggml_tensor * src0 = sr->src[0];
     const ggml_tensor * src1 = sr->src[1];
+    const int64_t n_warps = n_groups*(n_rot/QK_TURBO);
     const dim3 block(WARP_SIZE, TURBO_FUSE_WARPS);
-    const dim3 grid((n_groups + TURBO_FUSE_WARPS - 1)/TURBO_FUSE_WARPS);
+    const dim3 grid((n_warps + TURBO_FUSE_WARPS - 1)/TURBO_FUSE_WARPS);
     k_turbo_rotate_set_rows<n_rot, type, idx_t><<<grid, block, 0, stream>>>(
         (const float *) c.src->data, c.mu ? (const float *) c.mu->data : nullptr,
         c.scale ? (const float *) c.scale->data : nullptr, (const idx_t *) src1->data, (char *) sr->data,
