@@ -4,12 +4,11 @@
 // kernel (fattn-vec.cuh) takes one query head per block and so decodes the cache once per head,
 // which leaves it bound by instructions rather than by the 2-4 bits per value it reads.
 //
-// A block has 4 warps and takes 128 cache rows per step (32 when the cache is short: see
-// ggml_cuda_flash_attn_ext_turbo_decode_ncols). The block first copies the step's K and V rows (and
-// mask values) into shared memory, all loads at once, so that the step waits for memory once rather
-// than at every row; then each warp takes a quarter of the rows and keeps its own running softmax
-// (maximum, sum, output), as the vector kernel does, so the warps only meet at the end.
-// For its rows a warp:
+// A block has 4 warps and takes 128 cache rows per step. The block first copies the step's K and V
+// rows (and mask values) into shared memory, all loads at once, so that the step waits for memory
+// once rather than at every row; then each warp takes 32 of the rows and keeps its own running
+// softmax (maximum, sum, output), as the vector kernel does, so the warps only meet at the end.
+// For its 32 rows a warp:
 //   1. computes K·Q for every head: nthreads_KQ threads per K row, each owning 8 values of a block
 //      in the order of the packed codes (fattn-turbo.cuh), looking every code up once and
 //      multiplying it by each head's query; the partial sums of the heads are reduced and
@@ -103,18 +102,16 @@ static __device__ __forceinline__ float turbo_decode_reduce_KQ(float (&sum)[ncol
     return sum[0];
 }
 
-// Copies nrows rows of row_bytes each (global, `stride` apart) to consecutive rows in shared
+// Copies nthreads rows of row_bytes each (global, `stride` apart) to consecutive rows in shared
 // memory: thread i copies word i of every run of nthreads words, so neighbouring threads read
 // neighbouring words. 4-byte words go asynchronously (cp.async, no registers held; the caller
-// waits with turbo_decode_stage_wait); 2-byte words through registers, a batch of loads issued
-// before its stores.
-template <typename word_t, int row_bytes, int nrows, int nthreads>
+// waits with turbo_decode_stage_wait); 2-byte words through registers, every load issued before
+// the first store.
+template <typename word_t, int row_bytes, int nthreads>
 static __device__ __forceinline__ void turbo_decode_stage_rows(
         char * __restrict__ dst, const char * __restrict__ src, const int64_t stride, const int tid) {
     static_assert(row_bytes % sizeof(word_t) == 0, "rows must be whole words");
     constexpr int words_per_row = row_bytes / sizeof(word_t);
-    constexpr int words         = nrows*words_per_row;
-    constexpr int words_per_thread = (words + nthreads - 1) / nthreads;
 #ifdef CP_ASYNC_AVAILABLE
     if constexpr (sizeof(word_t) == 4) {
         // not unrolled: the addresses of every word at once would take the registers of the kernel
@@ -122,11 +119,9 @@ static __device__ __forceinline__ void turbo_decode_stage_rows(
         int row = tid / words_per_row;
         int col = tid % words_per_row;
 #pragma unroll 1
-        for (int i = 0; i < words_per_thread; ++i) {
-            if (words % nthreads == 0 || i*nthreads + tid < words) {
-                asm volatile("cp.async.ca.shared.global [%0], [%1], 4;"
-                    : : "r"(dst_shared + 4*nthreads*i), "l"(src + row*stride + 4*col));
-            }
+        for (int i = 0; i < words_per_row; ++i) {
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;"
+                : : "r"(dst_shared + 4*nthreads*i), "l"(src + row*stride + 4*col));
             row += nthreads / words_per_row;
             col += nthreads % words_per_row;
             if (col >= words_per_row) {
@@ -137,25 +132,15 @@ static __device__ __forceinline__ void turbo_decode_stage_rows(
     } else
 #endif // CP_ASYNC_AVAILABLE
     {
-        // in batches of at most 9 words per thread: all of a row's words at once would spill
-        constexpr int batch = words_per_thread < 9 ? words_per_thread : 9;
+        word_t tmp[words_per_row];
 #pragma unroll
-        for (int i0 = 0; i0 < words_per_thread; i0 += batch) {
-            word_t tmp[batch];
+        for (int i = 0; i < words_per_row; ++i) {
+            const int w = i*nthreads + tid;
+            tmp[i] = ((const word_t *) (src + (w / words_per_row)*stride))[w % words_per_row];
+        }
 #pragma unroll
-            for (int i = 0; i < batch; ++i) {
-                const int w = (i0 + i)*nthreads + tid;
-                if (i0 + i < words_per_thread && (words % nthreads == 0 || w < words)) {
-                    tmp[i] = ((const word_t *) (src + (w / words_per_row)*stride))[w % words_per_row];
-                }
-            }
-#pragma unroll
-            for (int i = 0; i < batch; ++i) {
-                const int w = (i0 + i)*nthreads + tid;
-                if (i0 + i < words_per_thread && (words % nthreads == 0 || w < words)) {
-                    ((word_t *) dst)[w] = tmp[i];
-                }
-            }
+        for (int i = 0; i < words_per_row; ++i) {
+            ((word_t *) dst)[i*nthreads + tid] = tmp[i];
         }
     }
 }
@@ -168,8 +153,7 @@ static __device__ __forceinline__ void turbo_decode_stage_wait() {
 
 // 4 blocks per SM (128 registers) hide the copies best; with head size 256 and 4 heads that would
 // spill, so 3 there
-// D == head size, ncols == query heads per block, rows_per_warp == rows of a step each warp takes
-template<int D, int ncols, int rows_per_warp, ggml_type type_K, ggml_type type_V, bool use_logit_softcap>
+template<int D, int ncols, ggml_type type_K, ggml_type type_V, bool use_logit_softcap> // D == head size, ncols == query heads per block
 __launch_bounds__(TURBO_DECODE_NWARPS*WARP_SIZE, D == 256 ? 3 : 4)
 static __global__ void flash_attn_ext_turbo_decode(
         const char * Q_ptr,
@@ -212,10 +196,8 @@ static __global__ void flash_attn_ext_turbo_decode(
     static_assert(D % (2*QK_TURBO) == 0 || D == QK_TURBO, "head size must be 64 or a multiple of 128");
     static_assert(ncols == 1 || ncols == 2 || ncols == 4, "1, 2 or 4 query heads per block");
 
-    static_assert(rows_per_warp == WARP_SIZE || rows_per_warp == WARP_SIZE/4, "32 or 8 rows per warp");
     constexpr int nwarps   = TURBO_DECODE_NWARPS;
     constexpr int nthreads = nwarps*WARP_SIZE;
-    constexpr int nrows    = nwarps*rows_per_warp; // rows of a step
 
     constexpr int nthreads_KQ        = turbo_decode_nthreads_KQ<D>();
     constexpr int K_blocks_per_row   = D/QK_TURBO;
@@ -224,7 +206,6 @@ static __global__ void flash_attn_ext_turbo_decode(
     constexpr int K_heads_spread     = nthreads_KQ/ncols;                  // threads holding one head's score
     constexpr size_t K_block_size    = turbo_block_size<type_K>();
     constexpr int K_unroll           = D == 256 && ncols == 4 ? 1 : 2;      // rows of the K loop unrolled
-    constexpr int K_rows_per_thread  = rows_per_warp*nthreads_KQ/WARP_SIZE;  // rows of a warp one thread takes
 
     constexpr int V_slices_per_row    = D/4;
     constexpr int V_lanes_per_row     = V_slices_per_row < WARP_SIZE ? V_slices_per_row : WARP_SIZE;
@@ -285,14 +266,14 @@ static __global__ void flash_attn_ext_turbo_decode(
     const float cb_V = turbo_codebook_lane<type_V>(lane);
 
     // the step's K and V rows; the warps' outputs at the end (combine_shared)
-    constexpr int tile_bytes    = nrows*(K_row_bytes + V_row_bytes);
+    constexpr int tile_bytes    = nthreads*(K_row_bytes + V_row_bytes);
     constexpr int combine_bytes = nwarps*ncols*D*sizeof(float);
     __shared__ __align__(16) char tile_shared[tile_bytes > combine_bytes ? tile_bytes : combine_bytes];
     char * K_tile = tile_shared;
-    char * V_tile = tile_shared + nrows*K_row_bytes;
-    __shared__ half mask_shared[nrows];
-    // scores, then probabilities, of the warp's rows
-    __shared__ float KQ_shared[nwarps][rows_per_warp][ncols];
+    char * V_tile = tile_shared + nthreads*K_row_bytes;
+    __shared__ half mask_shared[nthreads];
+    // scores, then probabilities, of the warp's 32 rows
+    __shared__ float KQ_shared[nwarps][WARP_SIZE][ncols];
 
     float KQ_max[ncols]; // the same in every lane of a warp
     float KQ_sum[ncols]; // partial: summed over the warp at the end
@@ -304,22 +285,22 @@ static __global__ void flash_attn_ext_turbo_decode(
     }
 
     const int k_VKQ_max = KV_max_ptr ? KV_max_ptr[sequence*gridDim.x + blockIdx.x] : ne11;
-    for (int k_VKQ_0 = blockIdx.y*nrows; k_VKQ_0 < k_VKQ_max; k_VKQ_0 += gridDim.y*nrows) {
+    for (int k_VKQ_0 = blockIdx.y*nthreads; k_VKQ_0 < k_VKQ_max; k_VKQ_0 += gridDim.y*nthreads) {
         __syncthreads(); // the last step's rows are no longer read
-        turbo_decode_stage_rows<word_t, K_row_bytes, nrows, nthreads>(K_tile, K + int64_t(k_VKQ_0)*nb11, nb11, tid);
-        turbo_decode_stage_rows<word_t, V_row_bytes, nrows, nthreads>(V_tile, V + int64_t(k_VKQ_0)*nb21, nb21, tid);
-        if (maskh && (nrows == nthreads || tid < nrows)) {
+        turbo_decode_stage_rows<word_t, K_row_bytes, nthreads>(K_tile, K + int64_t(k_VKQ_0)*nb11, nb11, tid);
+        turbo_decode_stage_rows<word_t, V_row_bytes, nthreads>(V_tile, V + int64_t(k_VKQ_0)*nb21, nb21, tid);
+        if (maskh) {
             mask_shared[tid] = maskh[k_VKQ_0 + tid];
         }
         turbo_decode_stage_wait();
         __syncthreads();
 
-        const int r_warp = warp*rows_per_warp; // the warp's first row in the tile
+        const int r_warp = warp*WARP_SIZE; // the warp's first row in the tile
 
         // 1. K·Q (unrolled in part: the codes of every row at once would not fit the registers)
 #pragma unroll K_unroll
-        for (int i_KQ_0 = 0; i_KQ_0 < K_rows_per_thread; ++i_KQ_0) {
-            const int i_KQ = (lane/nthreads_KQ)*K_rows_per_thread + i_KQ_0;
+        for (int i_KQ_0 = 0; i_KQ_0 < nthreads_KQ; ++i_KQ_0) {
+            const int i_KQ = (lane/nthreads_KQ)*nthreads_KQ + i_KQ_0;
             const char * K_row = K_tile + (r_warp + i_KQ)*K_row_bytes;
 
             float sum[ncols] = {0.0f};
@@ -360,21 +341,17 @@ static __global__ void flash_attn_ext_turbo_decode(
         }
         __syncwarp();
 
-        // 2. softmax: lane l takes row l (lanes past the warp's rows hold nothing)
+        // 2. softmax: lane l takes row l
 #pragma unroll
         for (int j = 0; j < ncols; ++j) {
-            const bool row = rows_per_warp == WARP_SIZE || lane < rows_per_warp;
-            const int  r   = rows_per_warp == WARP_SIZE ? lane : lane % rows_per_warp;
-            float s = row ? KQ_shared[warp][r][j] : -FLT_MAX/2.0f;
+            float s = KQ_shared[warp][lane][j];
             const float KQ_max_new = fmaxf(KQ_max[j], warp_reduce_max(s) + FATTN_KQ_MAX_OFFSET);
             const float KQ_max_scale = expf(KQ_max[j] - KQ_max_new);
             KQ_max[j] = KQ_max_new;
 
-            s = row ? expf(s - KQ_max_new) : 0.0f;
+            s = expf(s - KQ_max_new);
             KQ_sum[j] = KQ_sum[j]*KQ_max_scale + s;
-            if (row) {
-                KQ_shared[warp][r][j] = s;
-            }
+            KQ_shared[warp][lane][j] = s;
 #pragma unroll
             for (int i = 0; i < 4*V_slices_per_thread; ++i) {
                 VKQ[j][i] *= KQ_max_scale;
@@ -384,7 +361,7 @@ static __global__ void flash_attn_ext_turbo_decode(
 
         // 3. V
 #pragma unroll 4
-        for (int k0 = 0; k0 < rows_per_warp; k0 += V_rows_per_step) {
+        for (int k0 = 0; k0 < WARP_SIZE; k0 += V_rows_per_step) {
             const int k = k0 + lane/V_lanes_per_row;
             const char * V_row = V_tile + (r_warp + k)*V_row_bytes;
 
@@ -515,35 +492,18 @@ static __global__ void flash_attn_ext_turbo_decode(
 #endif // FLASH_ATTN_AVAILABLE
 }
 
-template <int D, int ncols, int rows_per_warp, ggml_type type_K, ggml_type type_V>
-static void ggml_cuda_flash_attn_ext_turbo_decode_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+template <int D, int ncols, ggml_type type_K, ggml_type type_V>
+static void ggml_cuda_flash_attn_ext_turbo_decode_ncols(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     float logit_softcap;
     memcpy(&logit_softcap, (const float *) dst->op_params + 2, sizeof(float));
 
     fattn_kernel_t kernel = logit_softcap == 0.0f ?
-        flash_attn_ext_turbo_decode<D, ncols, rows_per_warp, type_K, type_V, false> :
-        flash_attn_ext_turbo_decode<D, ncols, rows_per_warp, type_K, type_V, true>;
+        flash_attn_ext_turbo_decode<D, ncols, type_K, type_V, false> :
+        flash_attn_ext_turbo_decode<D, ncols, type_K, type_V, true>;
 
     // the cache is split over blocks in steps of one block's rows (launch_fattn)
-    constexpr int nbatch_fa = TURBO_DECODE_NWARPS*rows_per_warp;
+    constexpr int nbatch_fa = TURBO_DECODE_NWARPS*WARP_SIZE;
     launch_fattn<D, 1, ncols>(ctx, dst, kernel, TURBO_DECODE_NWARPS, 0, nbatch_fa, false, false, false, false);
-}
-
-// Steps of 128 rows (32 per warp) when the cache gives every SM a couple of blocks that way; else
-// of 32 rows, so that a short cache is still spread over many blocks: the time of a decode step
-// is then that of one block's share, and four times as many blocks cut it about four times.
-template <int D, int ncols, ggml_type type_K, ggml_type type_V>
-static void ggml_cuda_flash_attn_ext_turbo_decode_ncols(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
-    const ggml_tensor * Q = dst->src[0];
-    const ggml_tensor * K = dst->src[1];
-    const int64_t heads_blocks = (Q->ne[2]/K->ne[2] + ncols - 1)/ncols * K->ne[2] * Q->ne[3] * Q->ne[1];
-    const int64_t long_steps   = K->ne[1] / (TURBO_DECODE_NWARPS*WARP_SIZE);
-    const int     nsm          = ggml_cuda_info().devices[ggml_cuda_get_device()].nsm;
-    if (long_steps*heads_blocks >= 2*nsm) {
-        ggml_cuda_flash_attn_ext_turbo_decode_rows<D, ncols, WARP_SIZE, type_K, type_V>(ctx, dst);
-    } else {
-        ggml_cuda_flash_attn_ext_turbo_decode_rows<D, ncols, WARP_SIZE/4, type_K, type_V>(ctx, dst);
-    }
 }
 
 // Decode (a few query tokens) with turbo K and V; the cache length is a multiple of

@@ -214,13 +214,14 @@ bool ggml_cuda_turbo_fusion_run(ggml_backend_cuda_context & ctx, const ggml_cuda
 // the plan
 //
 
-static bool turbo_fusion_enabled() {
-    static const bool enabled = [] {
+// which chains to fuse: bit 0 the K cache write, bit 1 the V cache write, bit 2 the query
+static int turbo_fusion_chains() {
+    static const int chains = [] {
         const char * all   = getenv("GGML_CUDA_DISABLE_FUSION");
         const char * turbo = getenv("GGML_CUDA_TURBO_FUSION");
-        return !(all && atoi(all)) && !(turbo && atoi(turbo) == 0);
+        return all && atoi(all) ? 0 : turbo ? atoi(turbo) & 7 : 7;
     }();
-    return enabled;
+    return chains;
 }
 
 static bool turbo_is_cache_type(const ggml_type type) {
@@ -296,7 +297,7 @@ bool turbo_plain_f32(const ggml_tensor * t, const ggml_tensor * like) {
 }
 
 // K or V: [SUB -> MUL ->] hadamard MUL_MAT -> SET_ROWS into a turbo cache
-bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, ggml_cuda_turbo_fusion & plan) {
+bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, ggml_cuda_turbo_fusion & plan, const int chains) {
     if (sr->op != GGML_OP_SET_ROWS || !turbo_is_cache_type(sr->type) || sr->src[0]->type != GGML_TYPE_F32 ||
         !ggml_is_contiguous(sr->src[0])) {
         return false;
@@ -320,12 +321,18 @@ bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, ggml_cuda_t
             !turbo_per_channel(x->src[1], sub, n_rot)) {
             return false;
         }
+        if (!(chains & 1)) {
+            return false;
+        }
         c.src   = sub->src[0];
         c.mu    = sub->src[1];
         c.scale = x->src[1];
         members.push_back(sub);
         members.push_back(x);
     } else {
+        if (!(chains & 2)) {
+            return false;
+        }
         x = g.through_views(rot->src[1], false);
         if (!x || !turbo_plain_f32(x, rot)) {
             return false;
@@ -410,7 +417,8 @@ void turbo_plan_query(const turbo_graph & g, ggml_tensor * rot, ggml_cuda_turbo_
 void ggml_cuda_turbo_fusion_plan(const ggml_cgraph * cgraph, ggml_cuda_turbo_fusion & plan) {
     plan.chains.clear();
     plan.skipped.clear();
-    if (!turbo_fusion_enabled()) {
+    const int chains = turbo_fusion_chains();
+    if (chains == 0) {
         return;
     }
     bool turbo = false;
@@ -422,10 +430,10 @@ void ggml_cuda_turbo_fusion_plan(const ggml_cgraph * cgraph, ggml_cuda_turbo_fus
     }
 
     const turbo_graph g(cgraph);
-    for (int i = 0; i < cgraph->n_nodes; ++i) {
-        turbo_plan_cache_write(g, cgraph->nodes[i], plan);
+    for (int i = 0; i < cgraph->n_nodes && (chains & 3); ++i) {
+        turbo_plan_cache_write(g, cgraph->nodes[i], plan, chains);
     }
-    for (int i = 0; i < cgraph->n_nodes; ++i) {
+    for (int i = 0; i < cgraph->n_nodes && (chains & 4); ++i) {
         turbo_plan_query(g, cgraph->nodes[i], plan);
     }
     // backend-check reads this line to know that the chains ran fused

@@ -18,7 +18,8 @@
 // A chain is fused only when every intermediate node is in the graph being evaluated and has no
 // other consumer, so an eval callback that reads one of them, or a graph split between two
 // of them, keeps the unfused path. GGML_CUDA_DISABLE_FUSION=1 or GGML_CUDA_TURBO_FUSION=0
-// turns it off (to compare the two in one build).
+// turns it off, GGML_CUDA_TURBO_FUSION=1, 2 or 4 fuses only the K, V or Q chains (sums combine
+// them), to compare the paths in one build.
 
 #pragma once
 
