@@ -235,15 +235,11 @@ fn check_set_rows(
     // input, and for the first four, whose input is not all finite or not typical, what the CPU
     // made of it (so any difference there counts as error)
     let row_bytes = ty.row_bytes(d as u64) as usize;
-    let in_input_order = |cache: &[u8]| -> Vec<u8> {
-        (0..rows)
-            .flat_map(|r| {
-                let stored = (rows - 1 - r) as usize;
-                cache[stored * row_bytes..(stored + 1) * row_bytes].to_vec()
-            })
-            .collect()
-    };
-    let (a, b) = (in_input_order(&a), in_input_order(&b));
+    let stored = || (0..rows).map(|r| (rows - 1 - r) as usize);
+    let (a, b) = (
+        cache_rows(&a, row_bytes, stored()),
+        cache_rows(&b, row_bytes, stored()),
+    );
     let mut reference = x.clone();
     let cpu_values = turbo_format(ty)?.dequantize_row(&a)?;
     reference[..row(4).start].copy_from_slice(&cpu_values[..row(4).start]);
@@ -343,19 +339,12 @@ fn check_fused_chains(
         .max()
         .unwrap_or(0);
 
-    // what the cache should hold: the transform and the rotation in f64
-    let k_ref = rotate_reference(
-        &transform_reference(&k, Some(&mu), &k_scale, d * kv_heads),
-        k_rot,
-    );
-    let v_ref = rotate_reference(&v, v_rot);
+    // what the cache should hold: the transform and the rotation
+    let k_ref = rotate_reference(&transform_reference(&k, &mu, &k_scale, d * kv_heads), k_rot)?;
+    let v_ref = rotate_reference(&v, v_rot)?;
     let row_bytes = ty.row_bytes((d * kv_heads) as u64) as usize;
-    let written_rows = |cache: &[u8]| -> Vec<u8> {
-        written
-            .iter()
-            .flat_map(|&r| cache[r as usize * row_bytes..(r as usize + 1) * row_bytes].to_vec())
-            .collect()
-    };
+    let written_rows =
+        |cache: &[u8]| cache_rows(cache, row_bytes, written.iter().map(|&r| r as usize));
     let mut checks = Vec::new();
     for (name, cpu_cache, device_cache, reference) in [
         ("K: transform, rotate, set-rows (fused)", &a.0, &b.0, &k_ref),
@@ -399,37 +388,33 @@ fn check_fused_chains(
     Ok(checks)
 }
 
-/// (x − mu)·scale per channel and head (`period` values), or x·scale without mu.
-fn transform_reference(x: &[f32], mu: Option<&[f32]>, scale: &[f32], period: i64) -> Vec<f32> {
+/// (x − mu)·scale per channel and head (`period` values).
+fn transform_reference(x: &[f32], mu: &[f32], scale: &[f32], period: i64) -> Vec<f32> {
     x.iter()
         .enumerate()
         .map(|(i, &v)| {
             let c = i % period as usize;
-            (v - mu.map_or(0.0, |m| m[c])) * scale[c]
+            (v - mu[c]) * scale[c]
         })
         .collect()
 }
 
-/// The orthonormal Walsh-Hadamard transform of every group of `n` values, in f64.
-fn rotate_reference(x: &[f32], n: i64) -> Vec<f32> {
-    let n = n as usize;
-    x.chunks_exact(n)
-        .flat_map(|group| {
-            let mut v: Vec<f64> = group.iter().map(|&x| f64::from(x)).collect();
-            let mut h = 1;
-            while h < n {
-                for start in (0..n).step_by(2 * h) {
-                    for i in start..start + h {
-                        let (a, b) = (v[i], v[i + h]);
-                        v[i] = a + b;
-                        v[i + h] = a - b;
-                    }
-                }
-                h *= 2;
-            }
-            let norm = 1.0 / (n as f64).sqrt();
-            v.into_iter().map(move |y| (y * norm) as f32)
-        })
+/// The orthonormal Walsh-Hadamard transform of every group of `n` values (the core crate's fast
+/// transform, scaled by 1/√n).
+fn rotate_reference(x: &[f32], n: i64) -> Result<Vec<f32>> {
+    let norm = 1.0 / (n as f32).sqrt();
+    let mut out = x.to_vec();
+    for group in out.chunks_exact_mut(n as usize) {
+        turboquant::rotation::fwht(group)?;
+        group.iter_mut().for_each(|y| *y *= norm);
+    }
+    Ok(out)
+}
+
+/// The given rows of a cache (`row_bytes` each), one after the other.
+fn cache_rows(cache: &[u8], row_bytes: usize, rows: impl Iterator<Item = usize>) -> Vec<u8> {
+    rows.flat_map(|r| &cache[r * row_bytes..(r + 1) * row_bytes])
+        .copied()
         .collect()
 }
 

@@ -20,10 +20,6 @@
 #include "common.cuh"
 #include "turbo.cuh"
 
-static constexpr __host__ __device__ bool ggml_cuda_type_is_turbo(const ggml_type type) {
-    return type == GGML_TYPE_TURBO4 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO2;
-}
-
 template <ggml_type type>
 static __device__ __forceinline__ half2 turbo_fattn_codebook_lane() {
     return __float2half2_rn(turbo_codebook_lane<type>(threadIdx.x % WARP_SIZE));

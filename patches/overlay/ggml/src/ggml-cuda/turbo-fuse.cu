@@ -224,10 +224,6 @@ static int turbo_fusion_chains() {
     return chains;
 }
 
-static bool turbo_is_cache_type(const ggml_type type) {
-    return type == GGML_TYPE_TURBO4 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO2;
-}
-
 namespace {
 
 struct turbo_graph {
@@ -298,7 +294,7 @@ bool turbo_plain_f32(const ggml_tensor * t, const ggml_tensor * like) {
 
 // K or V: [SUB -> MUL ->] hadamard MUL_MAT -> SET_ROWS into a turbo cache
 bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, ggml_cuda_turbo_fusion & plan, const int chains) {
-    if (sr->op != GGML_OP_SET_ROWS || !turbo_is_cache_type(sr->type) || sr->src[0]->type != GGML_TYPE_F32 ||
+    if (sr->op != GGML_OP_SET_ROWS || !ggml_cuda_type_is_turbo(sr->type) || sr->src[0]->type != GGML_TYPE_F32 ||
         !ggml_is_contiguous(sr->src[0])) {
         return false;
     }
@@ -355,8 +351,7 @@ bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, ggml_cuda_t
     const ggml_tensor * cache = turbo_graph::root(sr);
     for (int i = first + 1; i < last; ++i) {
         const ggml_tensor * n = g.cgraph->nodes[i];
-        if (std::find(members.begin(), members.end(), n) != members.end() || n->op == GGML_OP_NONE ||
-            n->op == GGML_OP_RESHAPE || n->op == GGML_OP_VIEW || n->op == GGML_OP_PERMUTE || n->op == GGML_OP_TRANSPOSE) {
+        if (ggml_op_is_empty(n->op) || std::find(members.begin(), members.end(), n) != members.end()) {
             continue;
         }
         if (turbo_graph::root(n) == cache) {
@@ -423,7 +418,7 @@ void ggml_cuda_turbo_fusion_plan(const ggml_cgraph * cgraph, ggml_cuda_turbo_fus
     }
     bool turbo = false;
     for (int i = 0; i < cgraph->n_nodes && !turbo; ++i) {
-        turbo = cgraph->nodes[i]->op == GGML_OP_SET_ROWS && turbo_is_cache_type(cgraph->nodes[i]->type);
+        turbo = cgraph->nodes[i]->op == GGML_OP_SET_ROWS && ggml_cuda_type_is_turbo(cgraph->nodes[i]->type);
     }
     if (!turbo) {
         return; // no turbo cache written: nothing of this kind to fuse

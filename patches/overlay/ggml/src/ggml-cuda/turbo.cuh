@@ -13,6 +13,10 @@
 #include "ggml-turbo-common.h"
 #include "ggml-turbo-tables.h"
 
+static constexpr __host__ __device__ bool ggml_cuda_type_is_turbo(const ggml_type type) {
+    return type == GGML_TYPE_TURBO4 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO2;
+}
+
 // What the kernels templated on the type need to know of it.
 template <ggml_type type>
 static constexpr __host__ __device__ int turbo_levels() {
