@@ -11,6 +11,10 @@
 #                                  correctness   backend-check, perplexity of both models
 #                                  bench-small   bench of both models at depths 0, 8192, 32768
 #                                  bench-8b      bench of a random-weight llama-8b shape
+#   remote.sh trace NAME TOKENS ARGS...
+#                                run turboquant ARGS... under the kernel tracer (trace/): time per
+#                                generated token, by kernel, in $OUT/trace-NAME.{txt,json}; TOKENS
+#                                is how many tokens the run generates after its last prompt batch
 #   remote.sh ARGS...            build if needed, then run turboquant ARGS...
 set -euo pipefail
 W=${TQ_WORK:-/tmp/tq}
@@ -47,6 +51,21 @@ build() {
 
 tq() {
   LD_LIBRARY_PATH="$W/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$here/turboquant" "$@"
+}
+
+# the kernel tracer (trace/kernel_trace.cpp) against the toolkit's CUPTI
+build_tracer() {
+  if [ -f "$W/libkernel_trace.so" ]; then return; fi
+  local cupti=/usr/local/cuda/extras/CUPTI
+  [ -f "$cupti/include/cupti.h" ] || cupti=/usr/local/cuda
+  [ -f "$cupti/include/cupti.h" ] || { echo "no CUPTI headers in the CUDA toolkit" >&2; exit 1; }
+  local lib=$cupti/lib64
+  [ -d "$lib" ] || lib=/usr/local/cuda/lib64
+  # the newest kernel record the headers define
+  local record
+  record=$(grep -ho 'CUpti_ActivityKernel[0-9]\+' "$cupti/include/cupti_activity.h" | sort -V | tail -1)
+  g++ -shared -fPIC -O2 -std=c++17 -DKERNEL_RECORD="$record" -I"$cupti/include" -I/usr/local/cuda/include \
+    "$here/trace/kernel_trace.cpp" -L"$lib" -lcupti -Wl,-rpath,"$lib" -o "$W/libkernel_trace.so"
 }
 
 case "${1:-}" in
@@ -91,6 +110,17 @@ case "${1:-}" in
         exit 2
         ;;
     esac
+    ;;
+  trace)
+    build
+    build_tracer
+    name=$2
+    tokens=$3
+    shift 3
+    CUDA_INJECTION64_PATH="$W/libkernel_trace.so" KERNEL_TRACE_OUT="$W/trace-$name.tsv" tq "$@" \
+      2>&1 | tail -20 > "$out/trace-$name-run.txt" || echo "(failed: $?)"
+    python3 "$here/trace/summarize.py" "$W/trace-$name.tsv" --tokens "$tokens" \
+      --command "remote.sh trace $name $tokens $*" --json "$out/trace-$name.json" | tee "$out/trace-$name.txt"
     ;;
   *)
     build

@@ -59,18 +59,30 @@ static __device__ __forceinline__ int turbo_nearest(const float y, const float *
     return idx;
 }
 
-static __device__ __forceinline__ float turbo_warp_sum(float v) {
+// One step of turbo_warp_sum_transposed: the lanes with bit `offset` set keep the upper half of the
+// m values still held and send the lower half to the partner, the others the reverse.
+template <int m, int offset, int n>
+static __device__ __forceinline__ void turbo_warp_sum_transposed_step(float (&v)[n], const int lane) {
+    const bool upper = lane & offset;
 #pragma unroll
-    for (int offset = WARP_SIZE/2; offset > 0; offset >>= 1) {
-        v += __shfl_xor_sync(0xFFFFFFFF, v, offset, WARP_SIZE);
+    for (int i = 0; i < m/2; ++i) {
+        const float send = upper ? v[i]       : v[i + m/2];
+        const float keep = upper ? v[i + m/2] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xFFFFFFFF, send, offset, WARP_SIZE);
     }
-    return __shfl_sync(0xFFFFFFFF, v, 0, WARP_SIZE); // the same value in every lane
+    if constexpr (m > 2) {
+        turbo_warp_sum_transposed_step<m/2, offset/2>(v, lane);
+    }
 }
 
-// Quantizes one 64-value block with a whole warp: lane l holds values l (v0) and l + 32 (v1). A
-// cache write of one token is a handful of blocks, so one thread per block would leave the GPU
-// idle for the 16-candidate scale search; a warp per block takes it from hundreds of dependent
-// steps to tens. The search is the reference one (ggml-turbo.c); only the order of the sums differs.
+// Sums 32 values over the lanes of a warp, each lane holding its own 32: lane l ends with the sum
+// of value l. Each step halves the values held, so the 32 sums cost 31 shuffles rather than 160
+// (and the shuffles of a step are independent).
+static __device__ __forceinline__ float turbo_warp_sum_transposed(float (&v)[WARP_SIZE], const int lane) {
+    turbo_warp_sum_transposed_step<WARP_SIZE, WARP_SIZE/2>(v, lane);
+    return v[0];
+}
+
 template <ggml_type type>
 static __device__ void quantize_turbo_block_warp(const float v0, const float v1, void * __restrict__ dst, const int lane) {
     constexpr int levels     = turbo_levels<type>();
@@ -93,30 +105,45 @@ static __device__ void quantize_turbo_block_warp(const float v0, const float v1,
     half d = __float2half(0.0f);
     int idx[2] = {levels/2, levels/2};
     if (amax >= TURBO_MIN_MAGNITUDE) {
+        static_assert(2*TURBO_SCALE_CANDIDATES == WARP_SIZE, "one lane per candidate and sum");
         const float inv_amax = 1.0f / amax;
-        float best_gain  = -1.0f;
-        float best_scale = 0.0f;
-        // unrolled: the candidates' warp sums are independent, so their shuffles overlap
+        // the lane's part of both sums of every candidate: sum[2 j] = y·c, sum[2 j + 1] = c·c
+        float sum[2*TURBO_SCALE_CANDIDATES];
 #pragma unroll
         for (int j = 0; j < TURBO_SCALE_CANDIDATES; ++j) {
             const float inv = turbo_scale_grid_inv[j];
-            float sxc = 0.0f;
-            float scc = 0.0f;
+            sum[2*j]     = 0.0f;
+            sum[2*j + 1] = 0.0f;
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const float y = v[h] * inv_amax;
                 const float c = __shfl_sync(0xFFFFFFFF, level, turbo_nearest<levels>(y * inv, boundaries), WARP_SIZE);
-                sxc += y * c;
-                scc += c * c;
-            }
-            sxc = turbo_warp_sum(sxc);
-            scc = turbo_warp_sum(scc);
-            const float gain = sxc * sxc / scc;
-            if (gain > best_gain) {
-                best_gain  = gain;
-                best_scale = sxc / scc;
+                sum[2*j]     += y * c;
+                sum[2*j + 1] += c * c;
             }
         }
+        // lane 2 j ends with candidate j's y·c, lane 2 j + 1 with its c·c: both lanes of a pair
+        // take candidate j's sums
+        const float total = turbo_warp_sum_transposed(sum, lane);
+        const float other = __shfl_xor_sync(0xFFFFFFFF, total, 1, WARP_SIZE);
+        const float sxc   = lane % 2 == 0 ? total : other;
+        const float scc   = lane % 2 == 0 ? other : total;
+        // the best candidate in every lane, the first of equals as in the reference's loop
+        float gain  = sxc * sxc / scc;
+        float scale = sxc / scc;
+        int   best  = lane / 2;
+#pragma unroll
+        for (int offset = 2; offset < WARP_SIZE; offset *= 2) {
+            const float gain_other  = __shfl_xor_sync(0xFFFFFFFF, gain,  offset, WARP_SIZE);
+            const float scale_other = __shfl_xor_sync(0xFFFFFFFF, scale, offset, WARP_SIZE);
+            const int   best_other  = __shfl_xor_sync(0xFFFFFFFF, best,  offset, WARP_SIZE);
+            if (gain_other > gain || (gain_other == gain && best_other < best)) {
+                gain  = gain_other;
+                scale = scale_other;
+                best  = best_other;
+            }
+        }
+        const float best_scale = scale;
         d = __float2half(fminf(amax * best_scale, 65504.0f));
         const float df = __half2float(d);
         if (df > 0.0f) {
