@@ -21,6 +21,10 @@
 //
 // The launch (launch_fattn in fattn-common.cuh) splits the cache over blockIdx.y and combines
 // the parts as it does for the other kernels.
+//
+// On Turing and newer GPUs flash_attn_ext_turbo_decode_mma (below) takes this kernel's place: the
+// same staging, softmax and merge, with K·Q and V as f16 tensor-core products of codebook values.
+// This kernel stays for older GPUs and for comparison (GGML_CUDA_TURBO_DECODE=simt).
 
 #pragma once
 
@@ -492,14 +496,427 @@ static __global__ void flash_attn_ext_turbo_decode(
 #endif // FLASH_ATTN_AVAILABLE
 }
 
+// m16n8k16 tensor-core product with f16 inputs and f32 accumulators, in PTX's fragment layouts:
+// with g = lane/4 and t = lane%4, a[0] = A(g, 2t:2t+1), a[1] = A(g+8, 2t:2t+1), a[2] = A(g, 2t+8:2t+9),
+// a[3] = A(g+8, 2t+8:2t+9); b[0] = B(2t:2t+1, g), b[1] = B(2t+8:2t+9, g); c = C(g, 2t), C(g, 2t+1),
+// C(g+8, 2t), C(g+8, 2t+1). The lower half of each 32-bit register holds the lower column (or row).
+static __device__ __forceinline__ void turbo_decode_mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef TURING_MMA_AVAILABLE
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    GGML_UNUSED_VARS(c, a, b);
+    NO_DEVICE_CODE;
+#endif // TURING_MMA_AVAILABLE
+}
+
+static __device__ __forceinline__ uint32_t turbo_decode_half2(const float lo, const float hi) {
+    const half2 h = __floats2half2_rn(lo, hi);
+    return *(const uint32_t *) &h;
+}
+
+// The same decode on tensor cores (Turing and newer). The codes become f16 fragments of m16n8k16
+// products, so the per-head multiply-adds of the kernel above (4 per value with 4 heads) become a
+// fraction of one tensor-core instruction, and a value costs its lookup and half a pack.
+//   K·Q: S[rows x heads] = K[rows x D] · Q^T. A k-step of 16 takes, in thread (g, t), the 4 codes of
+//        slice 4 s + t of a block (turbo_decode_v_codes) for rows g and g + 8, so the dimensions are
+//        taken in the order of the codes; the query's B fragment is loaded in the same order. A
+//        block's 4 k-steps accumulate apart and are scaled by the rows' block scales at the end.
+//   V:   O^T[D x heads] += V^T[D x rows] · (P ⊙ d)[rows x heads]: the block scale of each V row is
+//        folded into the probabilities (the B fragment), so A holds bare codebook values. M-tiles
+//        2 p and 2 p + 1 of a block take slice g + 8 p of rows 2t, 2t + 1, 2t + 8, 2t + 9: codes 0
+//        and 1 go to rows g and g + 8 of the first, codes 2 and 3 to the second.
+// The probabilities go from the accumulator layout (rows by heads) to the B layout (heads by
+// rows) through shared memory. Heads beyond ncols (the product's N is 8) have a zero query and
+// are not written. Staging, the softmax's offset, the warps' merge and the split combine are those
+// of the kernel above.
+template<int D, int ncols, ggml_type type_K, ggml_type type_V, bool use_logit_softcap> // D == head size, ncols == query heads per block
+__launch_bounds__(TURBO_DECODE_NWARPS*WARP_SIZE, D == 256 ? 3 : 4)
+static __global__ void flash_attn_ext_turbo_decode_mma(
+        const char * Q_ptr,
+        const char * K_ptr,
+        const char * V_ptr,
+        const char * mask_ptr,
+        const char * sinks_ptr,
+        const int  * KV_max_ptr,
+        float      * dst_ptr,
+        float2     * dst_meta_ptr,
+        const float scale,
+        const float max_bias,
+        const float m0,
+        const float m1,
+        const uint32_t n_head_log2,
+        const float logit_softcap,
+        const int32_t ne00, const uint3   ne01, const int32_t ne02, const int32_t ne03,
+                            const int32_t nb01, const int32_t nb02, const int32_t nb03,
+        const int32_t ne10, const int32_t ne11, const int32_t ne12, const int32_t ne13,
+                            const int32_t nb11, const int32_t nb12, const int64_t nb13,
+                            const int32_t nb21, const int32_t nb22, const int64_t nb23,
+                            const int32_t ne31, const int32_t ne32, const int32_t ne33,
+                            const int32_t nb31, const int32_t nb32, const int64_t nb33) {
+    ggml_cuda_pdl_lc();
+#if defined(FLASH_ATTN_AVAILABLE) && defined(TURING_MMA_AVAILABLE)
+    // Skip unused kernel variants for faster compilation:
+    if (use_logit_softcap && !(D == 128 || D == 256)) {
+        GGML_UNUSED_VARS(Q_ptr, K_ptr, V_ptr, mask_ptr, sinks_ptr, KV_max_ptr, dst_ptr, dst_meta_ptr, scale,
+            max_bias, m0, m1, n_head_log2, logit_softcap,
+            ne00, ne01, ne02, ne03,
+                  nb01, nb02, nb03,
+            ne10, ne11, ne12, ne13,
+                  nb11, nb12, nb13,
+                  nb21, nb22, nb23,
+                  ne31, ne32, ne33,
+                  nb31, nb32, nb33);
+        NO_DEVICE_CODE;
+        return;
+    }
+    static_assert(D % QK_TURBO == 0, "head size must be a multiple of 64");
+    static_assert(ncols == 1 || ncols == 2 || ncols == 4, "1, 2 or 4 query heads per block");
+
+    constexpr int nwarps   = TURBO_DECODE_NWARPS;
+    constexpr int nthreads = nwarps*WARP_SIZE;
+    constexpr int ntiles   = WARP_SIZE/16; // 16-row tiles of a warp's rows in a step
+
+    constexpr int blocks_per_row   = D/QK_TURBO;
+    constexpr size_t K_block_size  = turbo_block_size<type_K>();
+    constexpr size_t V_block_size  = turbo_block_size<type_V>();
+    constexpr int K_row_bytes = blocks_per_row*K_block_size;
+    constexpr int V_row_bytes = blocks_per_row*V_block_size;
+    using word_t = std::conditional_t<K_row_bytes % 4 == 0 && V_row_bytes % 4 == 0, uint32_t, uint16_t>;
+
+    const int lane = threadIdx.x;
+    const int warp = threadIdx.y;
+    const int tid  = warp*WARP_SIZE + lane;
+    const int g    = lane / 4;
+    const int t    = lane % 4;
+
+    // blockIdx.z = (sequence*ne12 + KV head)*ntiles_z_gqa + group of ncols query heads of that KV head
+    const int gqa_ratio    = ne02 / ne12;
+    const int ntiles_z_gqa = (gqa_ratio + ncols - 1) / ncols;
+    const int zt_gqa   = blockIdx.z % ntiles_z_gqa;
+    const int z_KV     = (blockIdx.z / ntiles_z_gqa) % ne12;
+    const int sequence = blockIdx.z / (ntiles_z_gqa*ne12);
+    const int head0    = z_KV*gqa_ratio + zt_gqa*ncols;
+    const int ncols_used = min(ncols, gqa_ratio - zt_gqa*ncols);
+    const int ic0 = blockIdx.x; // the query token
+
+    const char * Q = Q_ptr + nb03*sequence + nb02*head0 + nb01*ic0;
+    const char * K = K_ptr + nb13*sequence + nb12*z_KV;
+    const char * V = V_ptr + nb23*sequence + nb22*z_KV;
+    const half * maskh = mask_ptr ? (const half *) (mask_ptr + nb33*(sequence % ne33) + nb31*ic0) : nullptr;
+
+    // the thread's scores and outputs belong to heads 2t and 2t + 1
+    float slope[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        slope[h] = get_alibi_slope(max_bias, head0 + 2*t + h, n_head_log2, m0, m1);
+    }
+
+    ggml_cuda_pdl_sync();
+
+    // B fragments of K·Q: head g's query, scaled, in the order of the codes (zero beyond ncols_used)
+    uint32_t Q_B[D/16][2];
+#pragma unroll
+    for (int s = 0; s < D/16; ++s) {
+        const int b = s / 4;
+        const int m = 4*(s % 4) + t;
+        float q[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            q[k] = g < ncols_used ? scale*((const float *) (Q + g*nb02))[b*QK_TURBO + turbo_decode_v_pos<type_K>(m, k)] : 0.0f;
+        }
+        Q_B[s][0] = turbo_decode_half2(q[0], q[1]);
+        Q_B[s][1] = turbo_decode_half2(q[2], q[3]);
+    }
+
+    const float cb_K = turbo_codebook_lane<type_K>(lane);
+    const float cb_V = turbo_codebook_lane<type_V>(lane);
+
+    // the step's K and V rows; the warps' outputs at the end (combine_shared)
+    constexpr int tile_bytes    = nthreads*(K_row_bytes + V_row_bytes);
+    constexpr int combine_bytes = nwarps*ncols*D*sizeof(float);
+    __shared__ __align__(16) char tile_shared[tile_bytes > combine_bytes ? tile_bytes : combine_bytes];
+    char * K_tile = tile_shared;
+    char * V_tile = tile_shared + nthreads*K_row_bytes;
+    __shared__ half mask_shared[nthreads];
+    // probabilities of the warp's rows, by row and head (8: the product's N)
+    __shared__ float P_shared[nwarps][WARP_SIZE][8];
+
+    float KQ_max[2]; // heads 2t, 2t + 1: the same in every lane of a t
+    float KQ_sum[2]; // partial: summed over g at the end
+    // output of block b, m-tile u: c-fragment (dims of slice g + 8 (u/2), heads 2t, 2t + 1)
+    float VKQ[blocks_per_row][4][4] = {{{0.0f}}};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        KQ_max[h] = -FLT_MAX/2.0f;
+        KQ_sum[h] = 0.0f;
+    }
+
+    const int k_VKQ_max = KV_max_ptr ? KV_max_ptr[sequence*gridDim.x + blockIdx.x] : ne11;
+    for (int k_VKQ_0 = blockIdx.y*nthreads; k_VKQ_0 < k_VKQ_max; k_VKQ_0 += gridDim.y*nthreads) {
+        __syncthreads(); // the last step's rows are no longer read
+        turbo_decode_stage_rows<word_t, K_row_bytes, nthreads>(K_tile, K + int64_t(k_VKQ_0)*nb11, nb11, tid);
+        turbo_decode_stage_rows<word_t, V_row_bytes, nthreads>(V_tile, V + int64_t(k_VKQ_0)*nb21, nb21, tid);
+        if (maskh) {
+            mask_shared[tid] = maskh[k_VKQ_0 + tid];
+        }
+        turbo_decode_stage_wait();
+        __syncthreads();
+
+        const int r_warp = warp*WARP_SIZE; // the warp's first row in the tile
+
+        // 1. K·Q: S[tile] = scores of rows 16 tile + g (S[tile][0:1]) and + 8 (S[tile][2:3]), heads 2t, 2t + 1
+        float S[ntiles][4];
+#pragma unroll
+        for (int tile = 0; tile < ntiles; ++tile) {
+            const char * K_lo = K_tile + (r_warp + 16*tile + g)*K_row_bytes;
+            const char * K_hi = K_lo + 8*K_row_bytes;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                S[tile][i] = 0.0f;
+            }
+#pragma unroll
+            for (int b = 0; b < blocks_per_row; ++b) {
+                float C[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int sl = 0; sl < 4; ++sl) {
+                    int lo[4];
+                    int hi[4];
+                    turbo_decode_v_codes<type_K>(K_lo + b*K_block_size, 4*sl + t, lo);
+                    turbo_decode_v_codes<type_K>(K_hi + b*K_block_size, 4*sl + t, hi);
+                    const uint32_t A[4] = {
+                        turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, lo[0], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, lo[1], WARP_SIZE)),
+                        turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, hi[0], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, hi[1], WARP_SIZE)),
+                        turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, lo[2], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, lo[3], WARP_SIZE)),
+                        turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, hi[2], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, hi[3], WARP_SIZE)),
+                    };
+                    turbo_decode_mma(C, A, Q_B[4*b + sl]);
+                }
+                const float d_lo = __half2float(*(const half *) (K_lo + b*K_block_size)); // every turbo block starts with its scale
+                const float d_hi = __half2float(*(const half *) (K_hi + b*K_block_size));
+                S[tile][0] += d_lo*C[0];
+                S[tile][1] += d_lo*C[1];
+                S[tile][2] += d_hi*C[2];
+                S[tile][3] += d_hi*C[3];
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                if (use_logit_softcap) {
+                    S[tile][i] = logit_softcap*tanhf(S[tile][i]);
+                }
+                if (maskh) {
+                    S[tile][i] += slope[i % 2]*__half2float(mask_shared[r_warp + 16*tile + g + 8*(i / 2)]);
+                }
+            }
+        }
+
+        // 2. softmax of each head over the warp's rows: the maximum over the 8 row groups g
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float mx = -FLT_MAX/2.0f;
+#pragma unroll
+            for (int tile = 0; tile < ntiles; ++tile) {
+                mx = fmaxf(mx, fmaxf(S[tile][h], S[tile][2 + h]));
+            }
+#pragma unroll
+            for (int offset = 4; offset < WARP_SIZE; offset *= 2) {
+                mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFF, mx, offset, WARP_SIZE));
+            }
+            const float KQ_max_new   = fmaxf(KQ_max[h], mx + FATTN_KQ_MAX_OFFSET);
+            const float KQ_max_scale = expf(KQ_max[h] - KQ_max_new);
+            KQ_max[h] = KQ_max_new;
+            KQ_sum[h] *= KQ_max_scale;
+#pragma unroll
+            for (int tile = 0; tile < ntiles; ++tile) {
+                S[tile][h]     = expf(S[tile][h]     - KQ_max_new);
+                S[tile][2 + h] = expf(S[tile][2 + h] - KQ_max_new);
+                KQ_sum[h] += S[tile][h] + S[tile][2 + h];
+            }
+#pragma unroll
+            for (int b = 0; b < blocks_per_row; ++b) {
+#pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                    VKQ[b][u][h]     *= KQ_max_scale;
+                    VKQ[b][u][2 + h] *= KQ_max_scale;
+                }
+            }
+        }
+#pragma unroll
+        for (int tile = 0; tile < ntiles; ++tile) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                P_shared[warp][16*tile + g + 8*(i / 2)][2*t + i % 2] = S[tile][i];
+            }
+        }
+        __syncwarp();
+
+        // 3. V: k-tiles of 16 rows; the thread's rows 2t, 2t + 1, 2t + 8, 2t + 9, head g of B
+#pragma unroll
+        for (int tile = 0; tile < ntiles; ++tile) {
+            const char * V_rows[4];
+            float p[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int r = 16*tile + 2*t + (i % 2) + 8*(i / 2);
+                V_rows[i] = V_tile + (r_warp + r)*V_row_bytes;
+                p[i] = P_shared[warp][r][g];
+            }
+#pragma unroll
+            for (int b = 0; b < blocks_per_row; ++b) {
+                float d[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    d[i] = __half2float(*(const half *) (V_rows[i] + b*V_block_size));
+                }
+                const uint32_t B[2] = {turbo_decode_half2(p[0]*d[0], p[1]*d[1]), turbo_decode_half2(p[2]*d[2], p[3]*d[3])};
+#pragma unroll
+                for (int pp = 0; pp < 2; ++pp) {
+                    int c[4][4];
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        turbo_decode_v_codes<type_V>(V_rows[i] + b*V_block_size, g + 8*pp, c[i]);
+                    }
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const uint32_t A[4] = {
+                            turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_V, c[0][2*h],     WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_V, c[1][2*h],     WARP_SIZE)),
+                            turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_V, c[0][2*h + 1], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_V, c[1][2*h + 1], WARP_SIZE)),
+                            turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_V, c[2][2*h],     WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_V, c[3][2*h],     WARP_SIZE)),
+                            turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_V, c[2][2*h + 1], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_V, c[3][2*h + 1], WARP_SIZE)),
+                        };
+                        turbo_decode_mma(VKQ[b][2*pp + h], A, B);
+                    }
+                }
+            }
+        }
+    }
+
+    if (sinks_ptr && blockIdx.y == 0 && warp == 0) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int j = 2*t + h;
+            const float sink = j < ncols_used ? ((const float *) sinks_ptr)[head0 + j] : -FLT_MAX/2.0f;
+            const float KQ_max_new = fmaxf(sink, KQ_max[h]);
+            const float KQ_max_scale = expf(KQ_max[h] - KQ_max_new);
+            KQ_max[h] = KQ_max_new;
+            KQ_sum[h] = KQ_sum[h]*KQ_max_scale + (g == 0 ? expf(sink - KQ_max_new) : 0.0f);
+#pragma unroll
+            for (int b = 0; b < blocks_per_row; ++b) {
+#pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                    VKQ[b][u][h]     *= KQ_max_scale;
+                    VKQ[b][u][2 + h] *= KQ_max_scale;
+                }
+            }
+        }
+    }
+
+    // Combine the warps: each warp's output and sum, scaled to the common maximum.
+    __syncthreads(); // the tile is no longer read
+    float (*VKQ_shared)[ncols][D] = (float (*)[ncols][D]) tile_shared;
+    __shared__ float KQ_max_shared[nwarps][ncols];
+    __shared__ float KQ_sum_shared[nwarps][ncols];
+
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int offset = 4; offset < WARP_SIZE; offset *= 2) {
+            KQ_sum[h] += __shfl_xor_sync(0xFFFFFFFF, KQ_sum[h], offset, WARP_SIZE);
+        }
+        const int j = 2*t + h;
+        if (g == 0 && j < ncols) {
+            KQ_max_shared[warp][j] = KQ_max[h];
+            KQ_sum_shared[warp][j] = KQ_sum[h];
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < blocks_per_row; ++b) {
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int j = 2*t + i % 2;
+                if (j < ncols) {
+                    const int dim = b*QK_TURBO + turbo_decode_v_pos<type_V>(g + 8*(u / 2), 2*(u % 2) + i / 2);
+                    VKQ_shared[warp][j][dim] = VKQ[b][u][i];
+                }
+            }
+        }
+    }
+    __syncthreads();
+
+#pragma unroll
+    for (int i0 = 0; i0 < ncols*D; i0 += nthreads) {
+        const int j = (i0 + tid) / D;
+        const int i = (i0 + tid) % D;
+        if ((ncols*D) % nthreads != 0 && i0 + tid >= ncols*D) {
+            break;
+        }
+        if (j >= ncols_used) {
+            continue;
+        }
+
+        float KQ_max_j = KQ_max_shared[0][j];
+#pragma unroll
+        for (int w = 1; w < nwarps; ++w) {
+            KQ_max_j = fmaxf(KQ_max_j, KQ_max_shared[w][j]);
+        }
+        float num = 0.0f;
+        float den = 0.0f;
+#pragma unroll
+        for (int w = 0; w < nwarps; ++w) {
+            const float f = expf(KQ_max_shared[w][j] - KQ_max_j);
+            num += f*VKQ_shared[w][j][i];
+            den += f*KQ_sum_shared[w][j];
+        }
+
+        const int j_dst = (sequence*int(ne01.z) + ic0)*ne02 + head0 + j;
+        if (gridDim.y == 1) {
+            dst_ptr[j_dst*D + i] = num/den;
+        } else {
+            dst_ptr[(j_dst*gridDim.y + blockIdx.y)*D + i] = num;
+            if (i == 0) {
+                dst_meta_ptr[j_dst*gridDim.y + blockIdx.y] = make_float2(KQ_max_j, den);
+            }
+        }
+    }
+#else
+    GGML_UNUSED_VARS(Q_ptr, K_ptr, V_ptr, mask_ptr, sinks_ptr, KV_max_ptr, dst_ptr, dst_meta_ptr, scale,
+        max_bias, m0, m1, n_head_log2, logit_softcap,
+        ne00, ne01, ne02, ne03,
+              nb01, nb02, nb03,
+        ne10, ne11, ne12, ne13,
+              nb11, nb12, nb13,
+              nb21, nb22, nb23,
+              ne31, ne32, ne33,
+              nb31, nb32, nb33);
+    NO_DEVICE_CODE;
+#endif // defined(FLASH_ATTN_AVAILABLE) && defined(TURING_MMA_AVAILABLE)
+}
+
 template <int D, int ncols, ggml_type type_K, ggml_type type_V>
 static void ggml_cuda_flash_attn_ext_turbo_decode_ncols(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     float logit_softcap;
     memcpy(&logit_softcap, (const float *) dst->op_params + 2, sizeof(float));
 
-    fattn_kernel_t kernel = logit_softcap == 0.0f ?
-        flash_attn_ext_turbo_decode<D, ncols, type_K, type_V, false> :
-        flash_attn_ext_turbo_decode<D, ncols, type_K, type_V, true>;
+    // tensor cores where there are some; GGML_CUDA_TURBO_DECODE=simt takes the kernel without them
+    // anyway, to compare the two in one build
+    static const bool simt_forced = [] {
+        const char * env = getenv("GGML_CUDA_TURBO_DECODE");
+        return env != nullptr && strcmp(env, "simt") == 0;
+    }();
+    const int cc = ggml_cuda_info().devices[ggml_cuda_get_device()].cc;
+    fattn_kernel_t kernel;
+    if (turing_mma_available(cc) && !simt_forced) {
+        kernel = logit_softcap == 0.0f ?
+            flash_attn_ext_turbo_decode_mma<D, ncols, type_K, type_V, false> :
+            flash_attn_ext_turbo_decode_mma<D, ncols, type_K, type_V, true>;
+    } else {
+        kernel = logit_softcap == 0.0f ?
+            flash_attn_ext_turbo_decode<D, ncols, type_K, type_V, false> :
+            flash_attn_ext_turbo_decode<D, ncols, type_K, type_V, true>;
+    }
 
     // the cache is split over blocks in steps of one block's rows (launch_fattn)
     constexpr int nbatch_fa = TURBO_DECODE_NWARPS*WARP_SIZE;
