@@ -155,6 +155,101 @@ static __device__ __forceinline__ void turbo_decode_stage_wait() {
 #endif // CP_ASYNC_AVAILABLE
 }
 
+// The kernels' arguments, for the variants that compile to nothing.
+#define TURBO_DECODE_UNUSED_ARGS                                                                         \
+    GGML_UNUSED_VARS(Q_ptr, K_ptr, V_ptr, mask_ptr, sinks_ptr, KV_max_ptr, dst_ptr, dst_meta_ptr, scale, \
+        max_bias, m0, m1, n_head_log2, logit_softcap,                                                  \
+        ne00, ne01, ne02, ne03,                                                                        \
+              nb01, nb02, nb03,                                                                        \
+        ne10, ne11, ne12, ne13,                                                                        \
+              nb11, nb12, nb13,                                                                        \
+              nb21, nb22, nb23,                                                                        \
+              ne31, ne32, ne33,                                                                        \
+              nb31, nb32, nb33)
+
+// What a block works on: blockIdx.z = (sequence*ne12 + KV head)*ntiles_z_gqa + group of ncols query
+// heads of that KV head, blockIdx.x = the query token.
+template <int ncols>
+struct turbo_decode_block {
+    int z_KV;
+    int sequence;
+    int head0;
+    int ncols_used;
+    int ic0;
+
+    __device__ turbo_decode_block(const int ne02, const int ne12) {
+        const int gqa_ratio    = ne02 / ne12;
+        const int ntiles_z_gqa = (gqa_ratio + ncols - 1) / ncols;
+        const int zt_gqa       = blockIdx.z % ntiles_z_gqa;
+        z_KV       = (blockIdx.z / ntiles_z_gqa) % ne12;
+        sequence   = blockIdx.z / (ntiles_z_gqa*ne12);
+        head0      = z_KV*gqa_ratio + zt_gqa*ncols;
+        ncols_used = min(ncols, gqa_ratio - zt_gqa*ncols);
+        ic0        = blockIdx.x;
+    }
+};
+
+// One step's K and V rows (and mask values) into shared memory, all copies issued before the wait.
+template <typename word_t, int K_row_bytes, int V_row_bytes, int nthreads>
+static __device__ __forceinline__ void turbo_decode_stage_step(
+        char * __restrict__ K_tile, char * __restrict__ V_tile, half * __restrict__ mask_shared,
+        const char * __restrict__ K, const char * __restrict__ V, const half * __restrict__ maskh,
+        const int k_VKQ_0, const int32_t nb11, const int32_t nb21, const int tid) {
+    __syncthreads(); // the last step's rows are no longer read
+    turbo_decode_stage_rows<word_t, K_row_bytes, nthreads>(K_tile, K + int64_t(k_VKQ_0)*nb11, nb11, tid);
+    turbo_decode_stage_rows<word_t, V_row_bytes, nthreads>(V_tile, V + int64_t(k_VKQ_0)*nb21, nb21, tid);
+    if (maskh) {
+        mask_shared[tid] = maskh[k_VKQ_0 + tid];
+    }
+    turbo_decode_stage_wait();
+    __syncthreads();
+}
+
+// The block's output from the warps' (VKQ_shared, each at its own maximum): rescaled to the common
+// maximum and summed; divided by the softmax sum when the block holds the whole cache, else written
+// with its maximum and sum for the combine of split blocks (launch_fattn).
+template <int D, int ncols, int nwarps>
+static __device__ __forceinline__ void turbo_decode_write_output(
+        const float (*VKQ_shared)[ncols][D], const float (*KQ_max_shared)[ncols], const float (*KQ_sum_shared)[ncols],
+        float * __restrict__ dst_ptr, float2 * __restrict__ dst_meta_ptr, const int j_dst0, const int ncols_used, const int tid) {
+    constexpr int nthreads = nwarps*WARP_SIZE;
+#pragma unroll
+    for (int i0 = 0; i0 < ncols*D; i0 += nthreads) {
+        const int j = (i0 + tid) / D;
+        const int i = (i0 + tid) % D;
+        if ((ncols*D) % nthreads != 0 && i0 + tid >= ncols*D) {
+            break;
+        }
+        if (j >= ncols_used) {
+            continue;
+        }
+
+        float KQ_max_j = KQ_max_shared[0][j];
+#pragma unroll
+        for (int w = 1; w < nwarps; ++w) {
+            KQ_max_j = fmaxf(KQ_max_j, KQ_max_shared[w][j]);
+        }
+        float num = 0.0f;
+        float den = 0.0f;
+#pragma unroll
+        for (int w = 0; w < nwarps; ++w) {
+            const float f = expf(KQ_max_shared[w][j] - KQ_max_j);
+            num += f*VKQ_shared[w][j][i];
+            den += f*KQ_sum_shared[w][j];
+        }
+
+        const int j_dst = j_dst0 + j;
+        if (gridDim.y == 1) {
+            dst_ptr[j_dst*D + i] = num/den;
+        } else {
+            dst_ptr[(j_dst*gridDim.y + blockIdx.y)*D + i] = num;
+            if (i == 0) {
+                dst_meta_ptr[j_dst*gridDim.y + blockIdx.y] = make_float2(KQ_max_j, den);
+            }
+        }
+    }
+}
+
 // 4 blocks per SM (128 registers) hide the copies best; with head size 256 and 4 heads that would
 // spill, so 3 there
 template<int D, int ncols, ggml_type type_K, ggml_type type_V, bool use_logit_softcap> // D == head size, ncols == query heads per block
@@ -185,15 +280,7 @@ static __global__ void flash_attn_ext_turbo_decode(
 #ifdef FLASH_ATTN_AVAILABLE
     // Skip unused kernel variants for faster compilation:
     if (use_logit_softcap && !(D == 128 || D == 256)) {
-        GGML_UNUSED_VARS(Q_ptr, K_ptr, V_ptr, mask_ptr, sinks_ptr, KV_max_ptr, dst_ptr, dst_meta_ptr, scale,
-            max_bias, m0, m1, n_head_log2, logit_softcap,
-            ne00, ne01, ne02, ne03,
-                  nb01, nb02, nb03,
-            ne10, ne11, ne12, ne13,
-                  nb11, nb12, nb13,
-                  nb21, nb22, nb23,
-                  ne31, ne32, ne33,
-                  nb31, nb32, nb33);
+        TURBO_DECODE_UNUSED_ARGS;
         NO_DEVICE_CODE;
         return;
     }
@@ -226,15 +313,12 @@ static __global__ void flash_attn_ext_turbo_decode(
     const int warp = threadIdx.y;
     const int tid  = warp*WARP_SIZE + lane;
 
-    // blockIdx.z = (sequence*ne12 + KV head)*ntiles_z_gqa + group of ncols query heads of that KV head
-    const int gqa_ratio    = ne02 / ne12;
-    const int ntiles_z_gqa = (gqa_ratio + ncols - 1) / ncols;
-    const int zt_gqa   = blockIdx.z % ntiles_z_gqa;
-    const int z_KV     = (blockIdx.z / ntiles_z_gqa) % ne12;
-    const int sequence = blockIdx.z / (ntiles_z_gqa*ne12);
-    const int head0    = z_KV*gqa_ratio + zt_gqa*ncols;
-    const int ncols_used = min(ncols, gqa_ratio - zt_gqa*ncols);
-    const int ic0 = blockIdx.x; // the query token
+    const turbo_decode_block<ncols> blk(ne02, ne12);
+    const int z_KV       = blk.z_KV;
+    const int sequence   = blk.sequence;
+    const int head0      = blk.head0;
+    const int ncols_used = blk.ncols_used;
+    const int ic0        = blk.ic0;
 
     const char * Q = Q_ptr + nb03*sequence + nb02*head0 + nb01*ic0;
     const char * K = K_ptr + nb13*sequence + nb12*z_KV;
@@ -290,14 +374,8 @@ static __global__ void flash_attn_ext_turbo_decode(
 
     const int k_VKQ_max = KV_max_ptr ? KV_max_ptr[sequence*gridDim.x + blockIdx.x] : ne11;
     for (int k_VKQ_0 = blockIdx.y*nthreads; k_VKQ_0 < k_VKQ_max; k_VKQ_0 += gridDim.y*nthreads) {
-        __syncthreads(); // the last step's rows are no longer read
-        turbo_decode_stage_rows<word_t, K_row_bytes, nthreads>(K_tile, K + int64_t(k_VKQ_0)*nb11, nb11, tid);
-        turbo_decode_stage_rows<word_t, V_row_bytes, nthreads>(V_tile, V + int64_t(k_VKQ_0)*nb21, nb21, tid);
-        if (maskh) {
-            mask_shared[tid] = maskh[k_VKQ_0 + tid];
-        }
-        turbo_decode_stage_wait();
-        __syncthreads();
+        turbo_decode_stage_step<word_t, K_row_bytes, V_row_bytes, nthreads>(
+            K_tile, V_tile, mask_shared, K, V, maskh, k_VKQ_0, nb11, nb21, tid);
 
         const int r_warp = warp*WARP_SIZE; // the warp's first row in the tile
 
@@ -447,51 +525,10 @@ static __global__ void flash_attn_ext_turbo_decode(
     }
     __syncthreads();
 
-#pragma unroll
-    for (int i0 = 0; i0 < ncols*D; i0 += nthreads) {
-        const int j = (i0 + tid) / D;
-        const int i = (i0 + tid) % D;
-        if ((ncols*D) % nthreads != 0 && i0 + tid >= ncols*D) {
-            break;
-        }
-        if (j >= ncols_used) {
-            continue;
-        }
-
-        float KQ_max_j = KQ_max_shared[0][j];
-#pragma unroll
-        for (int w = 1; w < nwarps; ++w) {
-            KQ_max_j = fmaxf(KQ_max_j, KQ_max_shared[w][j]);
-        }
-        float num = 0.0f;
-        float den = 0.0f;
-#pragma unroll
-        for (int w = 0; w < nwarps; ++w) {
-            const float f = expf(KQ_max_shared[w][j] - KQ_max_j);
-            num += f*VKQ_shared[w][j][i];
-            den += f*KQ_sum_shared[w][j];
-        }
-
-        const int j_dst = (sequence*int(ne01.z) + ic0)*ne02 + head0 + j;
-        if (gridDim.y == 1) {
-            dst_ptr[j_dst*D + i] = num/den;
-        } else {
-            dst_ptr[(j_dst*gridDim.y + blockIdx.y)*D + i] = num;
-            if (i == 0) {
-                dst_meta_ptr[j_dst*gridDim.y + blockIdx.y] = make_float2(KQ_max_j, den);
-            }
-        }
-    }
+    turbo_decode_write_output<D, ncols, nwarps>(VKQ_shared, KQ_max_shared, KQ_sum_shared, dst_ptr, dst_meta_ptr,
+        (sequence*int(ne01.z) + ic0)*ne02 + head0, ncols_used, tid);
 #else
-    GGML_UNUSED_VARS(Q_ptr, K_ptr, V_ptr, mask_ptr, sinks_ptr, KV_max_ptr, dst_ptr, dst_meta_ptr, scale,
-        max_bias, m0, m1, n_head_log2, logit_softcap,
-        ne00, ne01, ne02, ne03,
-              nb01, nb02, nb03,
-        ne10, ne11, ne12, ne13,
-              nb11, nb12, nb13,
-              nb21, nb22, nb23,
-              ne31, ne32, ne33,
-              nb31, nb32, nb33);
+    TURBO_DECODE_UNUSED_ARGS;
     NO_DEVICE_CODE;
 #endif // FLASH_ATTN_AVAILABLE
 }
@@ -559,15 +596,7 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
 #if defined(FLASH_ATTN_AVAILABLE) && defined(TURING_MMA_AVAILABLE)
     // Skip unused kernel variants for faster compilation:
     if (use_logit_softcap && !(D == 128 || D == 256)) {
-        GGML_UNUSED_VARS(Q_ptr, K_ptr, V_ptr, mask_ptr, sinks_ptr, KV_max_ptr, dst_ptr, dst_meta_ptr, scale,
-            max_bias, m0, m1, n_head_log2, logit_softcap,
-            ne00, ne01, ne02, ne03,
-                  nb01, nb02, nb03,
-            ne10, ne11, ne12, ne13,
-                  nb11, nb12, nb13,
-                  nb21, nb22, nb23,
-                  ne31, ne32, ne33,
-                  nb31, nb32, nb33);
+        TURBO_DECODE_UNUSED_ARGS;
         NO_DEVICE_CODE;
         return;
     }
@@ -591,15 +620,12 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
     const int g    = lane / 4;
     const int t    = lane % 4;
 
-    // blockIdx.z = (sequence*ne12 + KV head)*ntiles_z_gqa + group of ncols query heads of that KV head
-    const int gqa_ratio    = ne02 / ne12;
-    const int ntiles_z_gqa = (gqa_ratio + ncols - 1) / ncols;
-    const int zt_gqa   = blockIdx.z % ntiles_z_gqa;
-    const int z_KV     = (blockIdx.z / ntiles_z_gqa) % ne12;
-    const int sequence = blockIdx.z / (ntiles_z_gqa*ne12);
-    const int head0    = z_KV*gqa_ratio + zt_gqa*ncols;
-    const int ncols_used = min(ncols, gqa_ratio - zt_gqa*ncols);
-    const int ic0 = blockIdx.x; // the query token
+    const turbo_decode_block<ncols> blk(ne02, ne12);
+    const int z_KV       = blk.z_KV;
+    const int sequence   = blk.sequence;
+    const int head0      = blk.head0;
+    const int ncols_used = blk.ncols_used;
+    const int ic0        = blk.ic0;
 
     const char * Q = Q_ptr + nb03*sequence + nb02*head0 + nb01*ic0;
     const char * K = K_ptr + nb13*sequence + nb12*z_KV;
@@ -655,14 +681,8 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
 
     const int k_VKQ_max = KV_max_ptr ? KV_max_ptr[sequence*gridDim.x + blockIdx.x] : ne11;
     for (int k_VKQ_0 = blockIdx.y*nthreads; k_VKQ_0 < k_VKQ_max; k_VKQ_0 += gridDim.y*nthreads) {
-        __syncthreads(); // the last step's rows are no longer read
-        turbo_decode_stage_rows<word_t, K_row_bytes, nthreads>(K_tile, K + int64_t(k_VKQ_0)*nb11, nb11, tid);
-        turbo_decode_stage_rows<word_t, V_row_bytes, nthreads>(V_tile, V + int64_t(k_VKQ_0)*nb21, nb21, tid);
-        if (maskh) {
-            mask_shared[tid] = maskh[k_VKQ_0 + tid];
-        }
-        turbo_decode_stage_wait();
-        __syncthreads();
+        turbo_decode_stage_step<word_t, K_row_bytes, V_row_bytes, nthreads>(
+            K_tile, V_tile, mask_shared, K, V, maskh, k_VKQ_0, nb11, nb21, tid);
 
         const int r_warp = warp*WARP_SIZE; // the warp's first row in the tile
 
@@ -846,51 +866,10 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
     }
     __syncthreads();
 
-#pragma unroll
-    for (int i0 = 0; i0 < ncols*D; i0 += nthreads) {
-        const int j = (i0 + tid) / D;
-        const int i = (i0 + tid) % D;
-        if ((ncols*D) % nthreads != 0 && i0 + tid >= ncols*D) {
-            break;
-        }
-        if (j >= ncols_used) {
-            continue;
-        }
-
-        float KQ_max_j = KQ_max_shared[0][j];
-#pragma unroll
-        for (int w = 1; w < nwarps; ++w) {
-            KQ_max_j = fmaxf(KQ_max_j, KQ_max_shared[w][j]);
-        }
-        float num = 0.0f;
-        float den = 0.0f;
-#pragma unroll
-        for (int w = 0; w < nwarps; ++w) {
-            const float f = expf(KQ_max_shared[w][j] - KQ_max_j);
-            num += f*VKQ_shared[w][j][i];
-            den += f*KQ_sum_shared[w][j];
-        }
-
-        const int j_dst = (sequence*int(ne01.z) + ic0)*ne02 + head0 + j;
-        if (gridDim.y == 1) {
-            dst_ptr[j_dst*D + i] = num/den;
-        } else {
-            dst_ptr[(j_dst*gridDim.y + blockIdx.y)*D + i] = num;
-            if (i == 0) {
-                dst_meta_ptr[j_dst*gridDim.y + blockIdx.y] = make_float2(KQ_max_j, den);
-            }
-        }
-    }
+    turbo_decode_write_output<D, ncols, nwarps>(VKQ_shared, KQ_max_shared, KQ_sum_shared, dst_ptr, dst_meta_ptr,
+        (sequence*int(ne01.z) + ic0)*ne02 + head0, ncols_used, tid);
 #else
-    GGML_UNUSED_VARS(Q_ptr, K_ptr, V_ptr, mask_ptr, sinks_ptr, KV_max_ptr, dst_ptr, dst_meta_ptr, scale,
-        max_bias, m0, m1, n_head_log2, logit_softcap,
-        ne00, ne01, ne02, ne03,
-              nb01, nb02, nb03,
-        ne10, ne11, ne12, ne13,
-              nb11, nb12, nb13,
-              nb21, nb22, nb23,
-              ne31, ne32, ne33,
-              nb31, nb32, nb33);
+    TURBO_DECODE_UNUSED_ARGS;
     NO_DEVICE_CODE;
 #endif // defined(FLASH_ATTN_AVAILABLE) && defined(TURING_MMA_AVAILABLE)
 }
