@@ -246,6 +246,24 @@ pub fn fwht(x: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+/// The orthonormal Walsh-Hadamard transform (scaled by 1/√n) of every group of `n` values of `x`
+/// in place: llama.cpp's rotation of keys and queries for quantized caches, in its Sylvester
+/// order. `n` a power of two (1 leaves `x` as it is) dividing the length.
+pub fn fwht_orthonormal_groups(x: &mut [f32], n: usize) -> Result<()> {
+    if n == 0 || !n.is_power_of_two() || x.len() % n != 0 {
+        return Err(Error::InvalidDimension {
+            dim: n,
+            reason: "the groups need a power-of-two size that divides the length",
+        });
+    }
+    let norm = 1.0 / (n as f32).sqrt();
+    for group in x.chunks_exact_mut(n) {
+        fwht_unchecked(group);
+        group.iter_mut().for_each(|v| *v *= norm);
+    }
+    Ok(())
+}
+
 fn fwht_unchecked(x: &mut [f32]) {
     debug_assert!(x.len().is_power_of_two());
     let n = x.len();
@@ -343,6 +361,28 @@ mod tests {
             (var - 1.0 / n as f64).abs() < 0.006,
             "diagonal variance {var}"
         );
+    }
+
+    #[test]
+    fn orthonormal_groups_are_their_own_inverse_and_reject_bad_sizes() {
+        let x: Vec<f32> = (0..128).map(|i| (i as f32 * 0.7).sin()).collect();
+        let mut y = x.clone();
+        fwht_orthonormal_groups(&mut y, 64).unwrap();
+        let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>();
+        assert!((norm(&y) - norm(&x)).abs() < 1e-3);
+        let mut first = x[..64].to_vec();
+        fwht(&mut first).unwrap();
+        assert_eq!(y[0], first[0] / 8.0);
+        fwht_orthonormal_groups(&mut y, 64).unwrap();
+        for (a, b) in y.iter().zip(&x) {
+            assert!((a - b).abs() < 1e-5);
+        }
+        let mut same = x.clone();
+        fwht_orthonormal_groups(&mut same, 1).unwrap();
+        assert_eq!(same, x);
+        assert!(fwht_orthonormal_groups(&mut y, 0).is_err());
+        assert!(fwht_orthonormal_groups(&mut y, 48).is_err());
+        assert!(fwht_orthonormal_groups(&mut y[..100], 64).is_err());
     }
 
     #[test]

@@ -399,15 +399,10 @@ fn transform_reference(x: &[f32], mu: &[f32], scale: &[f32], period: i64) -> Vec
         .collect()
 }
 
-/// The orthonormal Walsh-Hadamard transform of every group of `n` values (the core crate's fast
-/// transform, scaled by 1/√n).
+/// The orthonormal Walsh-Hadamard transform of every group of `n` values (the core crate's).
 fn rotate_reference(x: &[f32], n: i64) -> Result<Vec<f32>> {
-    let norm = 1.0 / (n as f32).sqrt();
     let mut out = x.to_vec();
-    for group in out.chunks_exact_mut(n as usize) {
-        turboquant::rotation::fwht(group)?;
-        group.iter_mut().for_each(|y| *y *= norm);
-    }
+    turboquant::rotation::fwht_orthonormal_groups(&mut out, n as usize)?;
     Ok(out)
 }
 

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use llama_cpp_sys_2 as sys;
 use turboquant::batch::{BatchCompressor, BatchConfig, KeyMethod, Shape};
 use turboquant::mse::QuantizerOptions;
-use turboquant::rotation::RotationKind;
+use turboquant::rotation::{fwht_orthonormal_groups, RotationKind};
 
 use crate::llama::CacheType;
 
@@ -155,29 +155,6 @@ fn rotation_size(d: usize) -> usize {
     n
 }
 
-/// In-place orthonormal Walsh-Hadamard transform of each `n`-block of `x` (Sylvester order, as
-/// llama.cpp's matrix, which is symmetric).
-fn hadamard(x: &mut [f32], n: usize) {
-    if n <= 1 {
-        return;
-    }
-    let norm = 1.0 / (n as f32).sqrt();
-    for block in x.chunks_exact_mut(n) {
-        let mut h = 1;
-        while h < n {
-            for i in (0..n).step_by(2 * h) {
-                for j in i..i + h {
-                    let (a, b) = (block[j], block[j + h]);
-                    block[j] = a + b;
-                    block[j + h] = a - b;
-                }
-            }
-            h *= 2;
-        }
-        block.iter_mut().for_each(|v| *v *= norm);
-    }
-}
-
 /// Random ±1 per channel for `seed` (none for seed 0).
 fn signs(seed: u64, d: usize) -> Vec<f32> {
     let mut state = seed;
@@ -239,7 +216,7 @@ fn ggml_scores(
                     None => k[i],
                 } * sign[i];
             }
-            hadamard(&mut buf, n_rot);
+            fwht_orthonormal_groups(&mut buf, n_rot)?;
             let out = &mut cache[(h * layer.tokens + tok) * k_row..][..k_row];
             unsafe { from_float(buf.as_ptr(), out.as_mut_ptr().cast(), d as i64) };
         }
@@ -265,7 +242,7 @@ fn ggml_scores(
                     None => q[i],
                 } * sign[i];
             }
-            hadamard(&mut buf, n_rot);
+            fwht_orthonormal_groups(&mut buf, n_rot)?;
             unsafe { q_from_float(buf.as_ptr(), q_conv.as_mut_ptr().cast(), d as i64) };
             let row = &mut scores[(h * n_q + qi) * layer.tokens..][..layer.tokens];
             for (tok, s) in row.iter_mut().enumerate().take(layer.positions[qi] + 1) {
@@ -299,9 +276,9 @@ mod tests {
         let mut x: Vec<f32> = (0..128).map(|i| (i as f32 * 0.7).sin()).collect();
         let orig = x.clone();
         let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>();
-        hadamard(&mut x, 64);
+        fwht_orthonormal_groups(&mut x, 64).unwrap();
         assert!((norm(&x) - norm(&orig)).abs() < 1e-3);
-        hadamard(&mut x, 64);
+        fwht_orthonormal_groups(&mut x, 64).unwrap();
         for (a, b) in x.iter().zip(&orig) {
             assert!((a - b).abs() < 1e-5);
         }
