@@ -17,9 +17,10 @@
 //!   CUDA backend reads directly and every head size, and for decoding with every grouping of
 //!   query heads over KV heads the turbo decode kernel treats apart (1 to 8 query heads per KV
 //!   head): the outputs agree to the precision of the GPU kernels (f16 levels and products in
-//!   llama.cpp's vector and tensor-core kernels, f32 in the turbo decode kernel; with K in q8_0
-//!   the CPU also rounds the query to 8 bits), and decoding must not fall back to converting the
-//!   cache to f16 (llama.cpp logs that when it happens).
+//!   llama.cpp's vector and tensor-core kernels and in the turbo decode kernel on tensor cores,
+//!   f32 in its SIMT version; with K in q8_0 the CPU also rounds the query to 8 bits), and
+//!   decoding must not fall back to converting the cache to f16 (llama.cpp logs that when it
+//!   happens).
 
 use std::ffi::CStr;
 use std::path::PathBuf;
