@@ -40,11 +40,12 @@ static constexpr __host__ __device__ int turbo_decode_nthreads_KQ() {
     return D <= 2*QK_TURBO ? 8 : 16;
 }
 
-// The 4 codes of V slice m (0..15) of a block, as lookup lanes. A slice is the values whose
-// codes share bytes: turbo4 positions 2m, 2m+1, 2m+32, 2m+33 (one 16-bit word of nibbles),
-// turbo3 and turbo2 positions m, m+16, m+32, m+48 (one qs byte, for turbo3 with one qh byte).
+// The positions (turbo_decode_slice_pos) and the codes, as lookup lanes, of slice m (0..15) of a
+// K or V block: the 4 values whose codes share bytes: turbo4 positions 2m, 2m+1, 2m+32, 2m+33
+// (one 16-bit word of nibbles), turbo3 and turbo2 positions m, m+16, m+32, m+48 (one qs byte, for
+// turbo3 with one qh byte).
 template <ggml_type type>
-static __device__ __forceinline__ int turbo_decode_v_pos(const int m, const int k) {
+static __device__ __forceinline__ int turbo_decode_slice_pos(const int m, const int k) {
     if constexpr (type == GGML_TYPE_TURBO4) {
         return 2*m + (k & 1) + (QK_TURBO/2)*(k >> 1);
     } else {
@@ -53,7 +54,7 @@ static __device__ __forceinline__ int turbo_decode_v_pos(const int m, const int 
 }
 
 template <ggml_type type>
-static __device__ __forceinline__ void turbo_decode_v_codes(const char * __restrict__ blk, const int m, int c[4]) {
+static __device__ __forceinline__ void turbo_decode_slice_codes(const char * __restrict__ blk, const int m, int c[4]) {
     if constexpr (type == GGML_TYPE_TURBO4) {
         const uint32_t w = turbo_fattn_load_u16(((const block_turbo4 *) blk)->qs + 2*m);
         c[0] = w;
@@ -457,7 +458,7 @@ static __global__ void flash_attn_ext_turbo_decode(
                 const int slice = is*V_lanes_per_row + lane % V_lanes_per_row;
                 const char * blk = V_row + (slice/(QK_TURBO/4))*V_block_size;
                 int c[4];
-                turbo_decode_v_codes<type_V>(blk, slice % (QK_TURBO/4), c);
+                turbo_decode_slice_codes<type_V>(blk, slice % (QK_TURBO/4), c);
                 const float d = __half2float(*(const half *) blk);
                 float v[4];
 #pragma unroll
@@ -517,7 +518,7 @@ static __global__ void flash_attn_ext_turbo_decode(
                 const int slice = is*V_lanes_per_row + lane;
 #pragma unroll
                 for (int l = 0; l < 4; ++l) {
-                    const int i = (slice/(QK_TURBO/4))*QK_TURBO + turbo_decode_v_pos<type_V>(slice % (QK_TURBO/4), l);
+                    const int i = (slice/(QK_TURBO/4))*QK_TURBO + turbo_decode_slice_pos<type_V>(slice % (QK_TURBO/4), l);
                     VKQ_shared[warp][j][i] = VKQ[j][4*is + l];
                 }
             }
@@ -557,7 +558,7 @@ static __device__ __forceinline__ uint32_t turbo_decode_half2(const float lo, co
 // products, so the per-head multiply-adds of the kernel above (4 per value with 4 heads) become a
 // fraction of one tensor-core instruction, and a value costs its lookup and half a pack.
 //   K·Q: S[rows x heads] = K[rows x D] · Q^T. A k-step of 16 takes, in thread (g, t), the 4 codes of
-//        slice 4 s + t of a block (turbo_decode_v_codes) for rows g and g + 8, so the dimensions are
+//        slice 4 s + t of a block (turbo_decode_slice_codes) for rows g and g + 8, so the dimensions are
 //        taken in the order of the codes; the query's B fragment is loaded in the same order. A
 //        block's 4 k-steps accumulate apart and are scaled by the rows' block scales at the end.
 //   V:   O^T[D x heads] += V^T[D x rows] · (P ⊙ d)[rows x heads]: the block scale of each V row is
@@ -650,7 +651,7 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
         float q[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            q[k] = g < ncols_used ? scale*((const float *) (Q + g*nb02))[b*QK_TURBO + turbo_decode_v_pos<type_K>(m, k)] : 0.0f;
+            q[k] = g < ncols_used ? scale*((const float *) (Q + g*nb02))[b*QK_TURBO + turbo_decode_slice_pos<type_K>(m, k)] : 0.0f;
         }
         Q_B[s][0] = turbo_decode_half2(q[0], q[1]);
         Q_B[s][1] = turbo_decode_half2(q[2], q[3]);
@@ -703,8 +704,8 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
                 for (int sl = 0; sl < 4; ++sl) {
                     int lo[4];
                     int hi[4];
-                    turbo_decode_v_codes<type_K>(K_lo + b*K_block_size, 4*sl + t, lo);
-                    turbo_decode_v_codes<type_K>(K_hi + b*K_block_size, 4*sl + t, hi);
+                    turbo_decode_slice_codes<type_K>(K_lo + b*K_block_size, 4*sl + t, lo);
+                    turbo_decode_slice_codes<type_K>(K_hi + b*K_block_size, 4*sl + t, hi);
                     const uint32_t A[4] = {
                         turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, lo[0], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, lo[1], WARP_SIZE)),
                         turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, hi[0], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, hi[1], WARP_SIZE)),
@@ -795,7 +796,7 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
                     int c[4][4];
 #pragma unroll
                     for (int i = 0; i < 4; ++i) {
-                        turbo_decode_v_codes<type_V>(V_rows[i] + b*V_block_size, g + 8*pp, c[i]);
+                        turbo_decode_slice_codes<type_V>(V_rows[i] + b*V_block_size, g + 8*pp, c[i]);
                     }
 #pragma unroll
                     for (int h = 0; h < 2; ++h) {
@@ -858,7 +859,7 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
             for (int i = 0; i < 4; ++i) {
                 const int j = 2*t + i % 2;
                 if (j < ncols) {
-                    const int dim = b*QK_TURBO + turbo_decode_v_pos<type_V>(g + 8*(u / 2), 2*(u % 2) + i / 2);
+                    const int dim = b*QK_TURBO + turbo_decode_slice_pos<type_V>(g + 8*(u / 2), 2*(u % 2) + i / 2);
                     VKQ_shared[warp][j][dim] = VKQ[b][u][i];
                 }
             }
