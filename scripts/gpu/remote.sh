@@ -112,13 +112,26 @@ case "${1:-}" in
     esac
     ;;
   trace)
+    if [ $# -lt 4 ]; then
+      echo "usage: remote.sh trace NAME TOKENS ARGS... (ARGS: a turboquant command, e.g. bench ...)" >&2
+      exit 2
+    fi
     build
     build_tracer
     name=$2
     tokens=$3
     shift 3
+    # no stale trace of an earlier run of the same name may be summarized
+    rm -f "$W/trace-$name.tsv"
+    status=0
     CUDA_INJECTION64_PATH="$W/libkernel_trace.so" KERNEL_TRACE_OUT="$W/trace-$name.tsv" tq "$@" \
-      2>&1 | tail -20 > "$out/trace-$name-run.txt" || echo "(failed: $?)"
+      > "$W/trace-$name.log" 2>&1 || status=$?
+    tail -20 "$W/trace-$name.log" > "$out/trace-$name-run.txt"
+    if [ $status -ne 0 ]; then
+      cat "$out/trace-$name-run.txt" >&2
+      echo "trace: turboquant $* exited with $status" >&2
+      exit 1
+    fi
     python3 "$here/trace/summarize.py" "$W/trace-$name.tsv" --tokens "$tokens" \
       --command "remote.sh trace $name $tokens $*" --json "$out/trace-$name.json" | tee "$out/trace-$name.txt"
     ;;

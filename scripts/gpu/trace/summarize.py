@@ -26,10 +26,16 @@ PREFILL_MARKERS = ("mul_mat_q<", "mul_mat_f<", "gemm", "flash_attn_ext_f16", "fl
 
 def load(path):
     events = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            start, end, grid, block, regs, name = line.rstrip("\n").split("\t", 5)
-            events.append((int(start), int(end), grid, block, int(regs), name))
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    start, end, grid, block, regs, name = line.rstrip("\n").split("\t", 5)
+                    events.append((int(start), int(end), grid, block, int(regs), name))
+                except ValueError:
+                    sys.exit(f"{path}:{number}: not a line of kernel_trace.cpp's trace")
+    except OSError as e:
+        sys.exit(f"{path}: cannot read the trace: {e.strerror}")
     events.sort()
     return events
 
@@ -78,6 +84,8 @@ def main():
     ap.add_argument("--command", help="the traced command, recorded in the JSON")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.tokens <= 0:
+        ap.error("--tokens must be at least 1")
 
     events = load(args.trace)
     if not events:
