@@ -53,11 +53,12 @@ def summarize(window, tokens):
     # ggml-cuda launches a kernel before its predecessor ends (programmatic dependent launch), so
     # a kernel's duration includes waiting for the one before; what it adds to the stream is the
     # time from the later of its start and its predecessor's end
-    per_kernel = defaultdict(lambda: [0, 0, 0])  # name -> [calls, ns added, ns duration]
+    per_kernel = defaultdict(lambda: [0, 0, 0, 0])  # name -> [calls, ns added, ns duration, ns idle before]
     prev_end = window[0][0]
     idle_ns = 0
     for start, end, _grid, _block, _regs, name in window:
         idle_ns += max(0, start - prev_end)
+        per_kernel[name][3] += max(0, start - prev_end)
         per_kernel[name][0] += 1
         per_kernel[name][1] += max(0, end - max(start, prev_end))
         per_kernel[name][2] += end - start
@@ -70,8 +71,9 @@ def summarize(window, tokens):
         "span_us_per_token": (window[-1][1] - window[0][0]) / tokens / 1e3,
         "kernels": [
             {"name": name, "calls_per_token": calls / tokens, "us_per_token": added / tokens / 1e3,
-             "us_per_call": added / calls / 1e3, "duration_us_per_call": duration / calls / 1e3}
-            for name, (calls, added, duration) in rows
+             "us_per_call": added / calls / 1e3, "duration_us_per_call": duration / calls / 1e3,
+             "idle_before_us_per_token": idle / tokens / 1e3}
+            for name, (calls, added, duration, idle) in rows
         ],
     }
 
@@ -114,13 +116,13 @@ def main():
         result = summarize(window, args.tokens)
         results.append(result)
         print(f"run {len(results)}: {len(window)} kernels in the decode window, {args.tokens} tokens")
-        print(f"{'us/token':>9} {'calls/token':>11} {'us/call':>8} {'duration':>8}  kernel")
+        print(f"{'us/token':>9} {'calls/token':>11} {'us/call':>8} {'duration':>8} {'idle/tok':>8}  kernel")
         for k in result["kernels"]:
             print(f"{k['us_per_token']:9.1f} {k['calls_per_token']:11.2f} {k['us_per_call']:8.2f} "
-                  f"{k['duration_us_per_call']:8.2f}  {short(k['name'])}")
-        print(f"{result['kernels_us_per_token']:9.1f} {result['calls_per_token']:11.2f} {'':17}  all kernels")
-        print(f"{result['idle_us_per_token']:9.1f} {'':11} {'':17}  GPU idle")
-        print(f"{result['span_us_per_token']:9.1f} {'':11} {'':17}  span of the window")
+                  f"{k['duration_us_per_call']:8.2f} {k['idle_before_us_per_token']:8.1f}  {short(k['name'])}")
+        print(f"{result['kernels_us_per_token']:9.1f} {result['calls_per_token']:11.2f} {'':26}  all kernels")
+        print(f"{result['idle_us_per_token']:9.1f} {'':11} {'':26}  GPU idle")
+        print(f"{result['span_us_per_token']:9.1f} {'':11} {'':26}  span of the window")
         print()
     if not results:
         sys.exit(f"{args.trace}: no run has {args.tokens} kernels after its last prompt-processing kernel")

@@ -10,8 +10,9 @@
 //!   other way: a few blocks may differ, the error may not grow.
 //! - a layer's cache writes and query rotation as llama.cpp builds them for turbo caches (the
 //!   calibrated transform, upstream's Hadamard rotation, set-rows), which the CUDA backend runs as
-//!   one kernel per chain (turbo-fuse.cu): the cache bytes as for set-rows, the rotated query to
-//!   rounding, and on a GPU the log must say the three chains were fused.
+//!   one kernel launch for the three chains (turbo-fuse.cu): the cache bytes as for set-rows, the
+//!   rotated query to rounding, and on a GPU the log must say the three chains were fused into
+//!   one launch.
 //! - get-rows (dequantize): the same floats, to rounding.
 //! - flash attention, decode (1 or 2 queries) and prefill (64 queries), for every K/V pair the
 //!   CUDA backend reads directly and every head size, and for decoding with every grouping of
@@ -250,7 +251,7 @@ fn check_set_rows(
 /// One layer's new keys, values and queries as llama.cpp turns them into the cache and the
 /// attention's query when the cache is turbo (patch 0004's transform, then upstream's Hadamard
 /// rotation): K = H·((k − mu)·scale) and V = H·v written with set-rows, Q = H·(q·q_scale). On
-/// CUDA each of the three chains runs as one kernel (turbo-fuse.cu); the CPU runs the nodes.
+/// CUDA the three chains run in one kernel launch (turbo-fuse.cu); the CPU runs the nodes.
 fn check_fused_chains(
     cpu: &Backend,
     device: &Backend,
@@ -331,14 +332,17 @@ fn check_fused_chains(
     let a = graph(cpu)?;
     let mark = logs::mark();
     let b = graph(device)?;
-    let fused: usize = logs::lines_since(mark)
+    // "N TurboQuant chains fused, in M launches" (turbo-fuse.cu)
+    let (fused, launches): (usize, usize) = logs::lines_since(mark)
         .iter()
         .filter_map(|l| {
-            let (before, _) = l.split_once(" TurboQuant chains fused")?;
-            before.rsplit(' ').next()?.parse().ok()
+            let (before, after) = l.split_once(" TurboQuant chains fused, in ")?;
+            let chains = before.rsplit(' ').next()?.parse().ok()?;
+            let launches = after.split(' ').next()?.parse().ok()?;
+            Some((chains, launches))
         })
         .max()
-        .unwrap_or(0);
+        .unwrap_or((0, 0));
 
     // what the cache should hold: the transform and the rotation
     let k_ref = rotate_reference(&transform_reference(&k, &mu, &k_scale, d * kv_heads), k_rot)?;
@@ -380,10 +384,21 @@ fn check_fused_chains(
             head_size: d,
             queries: tokens,
             heads: None,
-            metric: "chains the device ran as one kernel".into(),
+            metric: "chains the device ran fused".into(),
             value: fused as f64,
             limit: "= 3".into(),
             pass: fused == 3,
+        });
+        checks.push(Check {
+            op: "fusion".into(),
+            types: ty.name().into(),
+            head_size: d,
+            queries: tokens,
+            heads: None,
+            metric: "kernel launches of the three chains".into(),
+            value: launches as f64,
+            limit: "= 1".into(),
+            pass: launches == 1,
         });
     }
     Ok(checks)

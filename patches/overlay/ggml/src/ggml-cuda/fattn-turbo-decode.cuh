@@ -54,7 +54,7 @@ static __device__ __forceinline__ int turbo_decode_slice_pos(const int m, const 
 }
 
 template <ggml_type type>
-static __device__ __forceinline__ void turbo_decode_slice_codes(const char * __restrict__ blk, const int m, int c[4]) {
+static __device__ __forceinline__ void turbo_decode_slice_codes(const char * GGML_CUDA_RESTRICT blk, const int m, int c[4]) {
     if constexpr (type == GGML_TYPE_TURBO4) {
         const uint32_t w = turbo_fattn_load_u16(((const block_turbo4 *) blk)->qs + 2*m);
         c[0] = w;
@@ -114,7 +114,7 @@ static __device__ __forceinline__ float turbo_decode_reduce_KQ(float (&sum)[ncol
 // the first store.
 template <typename word_t, int row_bytes, int nthreads>
 static __device__ __forceinline__ void turbo_decode_stage_rows(
-        char * __restrict__ dst, const char * __restrict__ src, const int64_t stride, const int tid) {
+        char * GGML_CUDA_RESTRICT dst, const char * GGML_CUDA_RESTRICT src, const int64_t stride, const int tid) {
     static_assert(row_bytes % sizeof(word_t) == 0, "rows must be whole words");
     constexpr int words_per_row = row_bytes / sizeof(word_t);
 #ifdef CP_ASYNC_AVAILABLE
@@ -193,8 +193,8 @@ struct turbo_decode_block {
 // One step's K and V rows (and mask values) into shared memory, all copies issued before the wait.
 template <typename word_t, int K_row_bytes, int V_row_bytes, int nthreads>
 static __device__ __forceinline__ void turbo_decode_stage_step(
-        char * __restrict__ K_tile, char * __restrict__ V_tile, half * __restrict__ mask_shared,
-        const char * __restrict__ K, const char * __restrict__ V, const half * __restrict__ maskh,
+        char * GGML_CUDA_RESTRICT K_tile, char * GGML_CUDA_RESTRICT V_tile, half * GGML_CUDA_RESTRICT mask_shared,
+        const char * GGML_CUDA_RESTRICT K, const char * GGML_CUDA_RESTRICT V, const half * GGML_CUDA_RESTRICT maskh,
         const int k_VKQ_0, const int32_t nb11, const int32_t nb21, const int tid) {
     __syncthreads(); // the last step's rows are no longer read
     turbo_decode_stage_rows<word_t, K_row_bytes, nthreads>(K_tile, K + int64_t(k_VKQ_0)*nb11, nb11, tid);
@@ -212,7 +212,7 @@ static __device__ __forceinline__ void turbo_decode_stage_step(
 template <int D, int ncols, int nwarps>
 static __device__ __forceinline__ void turbo_decode_write_output(
         const float (*VKQ_shared)[ncols][D], const float (*KQ_max_shared)[ncols], const float (*KQ_sum_shared)[ncols],
-        float * __restrict__ dst_ptr, float2 * __restrict__ dst_meta_ptr, const int j_dst0, const int ncols_used, const int tid) {
+        float * GGML_CUDA_RESTRICT dst_ptr, float2 * GGML_CUDA_RESTRICT dst_meta_ptr, const int j_dst0, const int ncols_used, const int tid) {
     constexpr int nthreads = nwarps*WARP_SIZE;
 #pragma unroll
     for (int i0 = 0; i0 < ncols*D; i0 += nthreads) {

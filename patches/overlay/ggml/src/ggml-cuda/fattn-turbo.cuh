@@ -60,7 +60,7 @@ static __device__ __forceinline__ int turbo_fattn_q_pair(const int k, const int 
 // lanes for a codebook lookup: bits above a code are left in place, since __shfl_sync reads only
 // bits 4:0 of the lane and the codebook repeats every `levels` lanes.
 template <ggml_type type_K>
-static __device__ __forceinline__ void turbo_fattn_codes(const char * __restrict__ blk, const int t, int lo[4], int hi[4]) {
+static __device__ __forceinline__ void turbo_fattn_codes(const char * GGML_CUDA_RESTRICT blk, const int t, int lo[4], int hi[4]) {
     if constexpr (type_K == GGML_TYPE_TURBO4) {
         const block_turbo4 * x = (const block_turbo4 *) blk;
         const uint32_t w = turbo_fattn_load_u16(x->qs + 4*t) | (turbo_fattn_load_u16(x->qs + 4*t + 2) << 16);
@@ -99,7 +99,7 @@ static __device__ __forceinline__ void turbo_fattn_codes(const char * __restrict
 
 // ne consecutive values of a V row from i0 (a multiple of 4), as ggml's dequantize_V_* functions.
 template <ggml_type type_V, typename T, int ne>
-static __device__ __forceinline__ void dequantize_V_turbo(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+static __device__ __forceinline__ void dequantize_V_turbo(const void * GGML_CUDA_RESTRICT vx, void * GGML_CUDA_RESTRICT dst, const int64_t i0) {
     static_assert(ne == 4, "the turbo V path reads 4 values per call");
 
     const int64_t ib = i0 / QK_TURBO;

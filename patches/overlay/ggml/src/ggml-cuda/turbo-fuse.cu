@@ -48,8 +48,8 @@ static __device__ __forceinline__ void turbo_hadamard_warp(float (&v)[n_rot/WARP
 // when only scale is: the same operations, in the same order, as the unfused nodes.
 template <int n_rot>
 static __device__ __forceinline__ void turbo_load_group(
-        float (&v)[n_rot/WARP_SIZE], const float * __restrict__ x, const float * __restrict__ mu,
-        const float * __restrict__ scale, const int64_t g, const uint3 period, const float norm, const int lane) {
+        float (&v)[n_rot/WARP_SIZE], const float * GGML_CUDA_RESTRICT x, const float * GGML_CUDA_RESTRICT mu,
+        const float * GGML_CUDA_RESTRICT scale, const int64_t g, const uint3 period, const float norm, const int lane) {
     const uint32_t first = (uint32_t) (g * n_rot);
     const uint32_t c0    = scale ? fastmodulo(first, period) : 0; // the group lies within one period
 #pragma unroll
@@ -66,27 +66,45 @@ static __device__ __forceinline__ void turbo_load_group(
     }
 }
 
+// One chain as the kernel runs it. The chains of a layer (K, V and Q) run in one launch: each is
+// a few KiB while decoding, so a launch of its own costs more than its work.
+struct turbo_fused_job {
+    const float * x;     // the values before the transform (contiguous)
+    const float * mu;    // subtracted per channel and head, or null
+    const float * scale; // multiplied per channel and head, or null
+    const void  * idx;   // SET_ROWS's row indices (int32 or int64); null for the query
+    char        * dst;   // the turbo cache, or the rotated query (f32)
+    int64_t       n_groups;
+    int64_t       n_warps; // a warp per 64-value block of the cache, or per group of the query
+    uint3         period;
+    int           n_rot;   // the Hadamard rotation's size
+    float         norm;    // 1/sqrt(n_rot), as the CPU rounds it
+    ggml_type     type;    // dst's type
+    bool          idx_i64;
+    uint3         ne00, ne01, ne02, ne11, ne12; // SET_ROWS's source and index shapes
+    int64_t       s10, s11, s12;                // index strides, in indices
+    int64_t       nb1, nb2, nb3;                // cache strides, in bytes
+};
+
+static constexpr int TURBO_FUSE_MAX_JOBS = 3; // K, V and Q of one layer
+
+struct turbo_fused_jobs {
+    turbo_fused_job job[TURBO_FUSE_MAX_JOBS];
+    int             n;
+};
+
 // K and V: transform, rotate and quantize into the rows of the cache that idx names. A warp per
 // 64-value block: each warp of a group rotates the whole group (a few shuffles) and quantizes its
 // own block, so the blocks' scale searches, the long part, run side by side rather than in turn.
-template <int n_rot, ggml_type type, typename idx_t>
-static __global__ void __launch_bounds__(4*WARP_SIZE) k_turbo_rotate_set_rows(
-        const float * __restrict__ x, const float * __restrict__ mu, const float * __restrict__ scale,
-        const idx_t * __restrict__ idx, char * __restrict__ dst, const int64_t n_groups, const uint3 period,
-        const float norm, const uint3 ne00, const uint3 ne01, const uint3 ne02, const uint3 ne11, const uint3 ne12,
-        const int64_t s10, const int64_t s11, const int64_t s12, const int64_t nb1, const int64_t nb2, const int64_t nb3) {
+template <int n_rot, ggml_type type>
+static __device__ __forceinline__ void turbo_fused_cache_write(const turbo_fused_job & job, const int64_t w,
+                                                               const float norm, const int lane) {
     constexpr int blocks_per_group = n_rot/QK_TURBO;
-    const int64_t w    = (int64_t) blockIdx.x*blockDim.y + threadIdx.y;
-    const int64_t g    = w / blocks_per_group;
-    const int     b    = w % blocks_per_group;
-    const int     lane = threadIdx.x;
-    if (g >= n_groups) {
-        return; // the whole warp
-    }
+    const int64_t g = w / blocks_per_group;
+    const int     b = w % blocks_per_group;
 
-    ggml_cuda_pdl_sync();
     float v[n_rot/WARP_SIZE];
-    turbo_load_group<n_rot>(v, x, mu, scale, g, period, norm, lane);
+    turbo_load_group<n_rot>(v, job.x, job.mu, job.scale, g, job.period, norm, lane);
     turbo_hadamard_warp<n_rot>(v, lane);
 
     // block b is values 2b and 2b + 1 of every lane (selected without indexing the registers)
@@ -99,38 +117,76 @@ static __global__ void __launch_bounds__(4*WARP_SIZE) k_turbo_rotate_set_rows(
     }
 
     // the group's place in SET_ROWS's (contiguous) source, and the cache row it goes to
-    uint2 dm = fast_div_modulo((uint32_t) (g * n_rot), ne00);
+    uint2 dm = fast_div_modulo((uint32_t) (g * n_rot), job.ne00);
     const uint32_t i00 = dm.y;
-    dm = fast_div_modulo(dm.x, ne01);
+    dm = fast_div_modulo(dm.x, job.ne01);
     const uint32_t i01 = dm.y;
-    dm = fast_div_modulo(dm.x, ne02);
+    dm = fast_div_modulo(dm.x, job.ne02);
     const uint32_t i02 = dm.y;
     const uint32_t i03 = dm.x;
-    const int64_t  row = idx[i01*s10 + fastmodulo(i02, ne11)*s11 + fastmodulo(i03, ne12)*s12];
+    const int64_t  i   = i01*job.s10 + fastmodulo(i02, job.ne11)*job.s11 + fastmodulo(i03, job.ne12)*job.s12;
+    const int64_t  row = job.idx_i64 ? ((const int64_t *) job.idx)[i] : (int64_t) ((const int32_t *) job.idx)[i];
 
     constexpr size_t block_size = turbo_block_size<type>();
-    char * out = dst + row*nb1 + i02*nb2 + i03*nb3 + (i00/QK_TURBO + b)*block_size;
+    char * out = job.dst + row*job.nb1 + i02*job.nb2 + i03*job.nb3 + (i00/QK_TURBO + b)*block_size;
     quantize_turbo_block_warp<type>(v0, v1, out, lane);
 }
 
-// Q: transform and rotate.
+// Q: transform and rotate. Each warp reads its group before writing it, so dst may be x itself.
 template <int n_rot>
-static __global__ void __launch_bounds__(4*WARP_SIZE) k_turbo_rotate(
-        const float * __restrict__ x, const float * __restrict__ scale, float * __restrict__ dst,
-        const int64_t n_groups, const uint3 period, const float norm) {
-    const int64_t g    = (int64_t) blockIdx.x*blockDim.y + threadIdx.y;
-    const int     lane = threadIdx.x;
-    if (g >= n_groups) {
-        return;
-    }
-
-    ggml_cuda_pdl_sync();
+static __device__ __forceinline__ void turbo_fused_query(const turbo_fused_job & job, const int64_t g,
+                                                         const float norm, const int lane) {
     float v[n_rot/WARP_SIZE];
-    turbo_load_group<n_rot>(v, x, nullptr, scale, g, period, norm, lane);
+    turbo_load_group<n_rot>(v, job.x, nullptr, job.scale, g, job.period, norm, lane);
     turbo_hadamard_warp<n_rot>(v, lane);
+    float * dst = (float *) job.dst;
 #pragma unroll
     for (int i = 0; i < n_rot/WARP_SIZE; ++i) {
         dst[g*n_rot + i*WARP_SIZE + lane] = v[i];
+    }
+}
+
+template <int n_rot>
+static __device__ __forceinline__ void turbo_fused_job_run(const turbo_fused_job & job, const int64_t w, const int lane) {
+    switch (job.type) {
+        case GGML_TYPE_TURBO4: turbo_fused_cache_write<n_rot, GGML_TYPE_TURBO4>(job, w, job.norm, lane); break;
+        case GGML_TYPE_TURBO3: turbo_fused_cache_write<n_rot, GGML_TYPE_TURBO3>(job, w, job.norm, lane); break;
+        case GGML_TYPE_TURBO2: turbo_fused_cache_write<n_rot, GGML_TYPE_TURBO2>(job, w, job.norm, lane); break;
+        default:               turbo_fused_query<n_rot>(job, w, job.norm, lane);                             break;
+    }
+}
+
+// The warps are the jobs' warps one after another; each finds its job and runs it. The jobs'
+// rotation sizes and types are read at run time, so K (the head size) and V (64) share a launch.
+static __global__ void __launch_bounds__(4*WARP_SIZE) k_turbo_fused_chains(const turbo_fused_jobs jobs) {
+    int64_t w = (int64_t) blockIdx.x*blockDim.y + threadIdx.y;
+    int     j = 0;
+#pragma unroll
+    for (int i = 0; i < TURBO_FUSE_MAX_JOBS - 1; ++i) {
+        if (i < jobs.n && j == i && w >= jobs.job[i].n_warps) {
+            w -= jobs.job[i].n_warps;
+            j  = i + 1;
+        }
+    }
+    if (j >= jobs.n || w >= jobs.job[j].n_warps) {
+        return; // the whole warp: a block's last warps may have no work
+    }
+    // the job by a select per field rather than an indexed copy of the parameters, which would
+    // go through local memory
+    turbo_fused_job job = jobs.job[0];
+#pragma unroll
+    for (int i = 1; i < TURBO_FUSE_MAX_JOBS; ++i) {
+        if (j == i) {
+            job = jobs.job[i];
+        }
+    }
+
+    const int lane = threadIdx.x;
+    ggml_cuda_pdl_sync();
+    switch (job.n_rot) {
+        case  64: turbo_fused_job_run< 64>(job, w, lane); break;
+        case 128: turbo_fused_job_run<128>(job, w, lane); break;
+        default:  turbo_fused_job_run<256>(job, w, lane); break;
     }
 }
 
@@ -140,73 +196,65 @@ static __global__ void __launch_bounds__(4*WARP_SIZE) k_turbo_rotate(
 
 static constexpr int TURBO_FUSE_WARPS = 4; // warps per CUDA block
 
-template <int n_rot, ggml_type type, typename idx_t>
-static void turbo_rotate_set_rows_cuda(const ggml_cuda_turbo_chain & c, const int64_t n_groups, const uint3 period,
-                                       cudaStream_t stream) {
+static turbo_fused_job turbo_fused_job_of(const ggml_cuda_turbo_chain & c) {
+    turbo_fused_job job = {};
+    job.x        = (const float *) c.src->data;
+    job.mu       = c.mu ? (const float *) c.mu->data : nullptr;
+    job.scale    = c.scale ? (const float *) c.scale->data : nullptr;
+    job.n_groups = ggml_nelements(c.src)/c.n_rot;
+    job.period   = init_fastdiv_values(c.scale ? (uint32_t) (c.scale->ne[0]*c.scale->ne[1]) : 1u);
+    job.n_rot    = c.n_rot;
+    job.norm     = 1.0f/sqrtf((float) c.n_rot);
+    job.dst      = (char *) c.end->data;
+
+    if (c.end->op == GGML_OP_MUL_MAT) { // the query
+        job.type    = GGML_TYPE_F32;
+        job.n_warps = job.n_groups;
+        return job;
+    }
     const ggml_tensor * sr   = c.end;
     const ggml_tensor * src0 = sr->src[0];
     const ggml_tensor * src1 = sr->src[1];
-    const int64_t n_warps = n_groups*(n_rot/QK_TURBO);
-    const dim3 block(WARP_SIZE, TURBO_FUSE_WARPS);
-    const dim3 grid((n_warps + TURBO_FUSE_WARPS - 1)/TURBO_FUSE_WARPS);
-    k_turbo_rotate_set_rows<n_rot, type, idx_t><<<grid, block, 0, stream>>>(
-        (const float *) c.src->data, c.mu ? (const float *) c.mu->data : nullptr,
-        c.scale ? (const float *) c.scale->data : nullptr, (const idx_t *) src1->data, (char *) sr->data,
-        n_groups, period, 1.0f/sqrtf((float) n_rot),
-        init_fastdiv_values((uint32_t) src0->ne[0]), init_fastdiv_values((uint32_t) src0->ne[1]),
-        init_fastdiv_values((uint32_t) src0->ne[2]), init_fastdiv_values((uint32_t) src1->ne[1]),
-        init_fastdiv_values((uint32_t) src1->ne[2]),
-        src1->nb[0]/sizeof(idx_t), src1->nb[1]/sizeof(idx_t), src1->nb[2]/sizeof(idx_t),
-        sr->nb[1], sr->nb[2], sr->nb[3]);
-}
-
-template <int n_rot, ggml_type type>
-static void turbo_rotate_set_rows_cuda(const ggml_cuda_turbo_chain & c, const int64_t n_groups, const uint3 period,
-                                       cudaStream_t stream) {
-    if (c.end->src[1]->type == GGML_TYPE_I64) {
-        turbo_rotate_set_rows_cuda<n_rot, type, int64_t>(c, n_groups, period, stream);
-    } else {
-        turbo_rotate_set_rows_cuda<n_rot, type, int32_t>(c, n_groups, period, stream);
-    }
-}
-
-template <int n_rot>
-static void turbo_fused_chain_cuda(const ggml_cuda_turbo_chain & c, cudaStream_t stream) {
-    const int64_t n_groups = ggml_nelements(c.src)/n_rot;
-    const uint3   period   = init_fastdiv_values(c.scale ? (uint32_t) (c.scale->ne[0]*c.scale->ne[1]) : 1u);
-
-    if (c.end->op == GGML_OP_MUL_MAT) {
-        const dim3 block(WARP_SIZE, TURBO_FUSE_WARPS);
-        const dim3 grid((n_groups + TURBO_FUSE_WARPS - 1)/TURBO_FUSE_WARPS);
-        k_turbo_rotate<n_rot><<<grid, block, 0, stream>>>(
-            (const float *) c.src->data, (const float *) c.scale->data, (float *) c.end->data, n_groups, period,
-            1.0f/sqrtf((float) n_rot));
-        return;
-    }
-    switch (c.end->type) {
-        case GGML_TYPE_TURBO4: turbo_rotate_set_rows_cuda<n_rot, GGML_TYPE_TURBO4>(c, n_groups, period, stream); break;
-        case GGML_TYPE_TURBO3: turbo_rotate_set_rows_cuda<n_rot, GGML_TYPE_TURBO3>(c, n_groups, period, stream); break;
-        case GGML_TYPE_TURBO2: turbo_rotate_set_rows_cuda<n_rot, GGML_TYPE_TURBO2>(c, n_groups, period, stream); break;
-        default: GGML_ABORT("turbo fusion: not a turbo cache type");
-    }
+    const size_t        ts   = ggml_type_size(src1->type);
+    job.type    = sr->type;
+    job.n_warps = job.n_groups*(c.n_rot/QK_TURBO);
+    job.idx     = src1->data;
+    job.idx_i64 = src1->type == GGML_TYPE_I64;
+    job.ne00    = init_fastdiv_values((uint32_t) src0->ne[0]);
+    job.ne01    = init_fastdiv_values((uint32_t) src0->ne[1]);
+    job.ne02    = init_fastdiv_values((uint32_t) src0->ne[2]);
+    job.ne11    = init_fastdiv_values((uint32_t) src1->ne[1]);
+    job.ne12    = init_fastdiv_values((uint32_t) src1->ne[2]);
+    job.s10     = src1->nb[0]/ts;
+    job.s11     = src1->nb[1]/ts;
+    job.s12     = src1->nb[2]/ts;
+    job.nb1     = sr->nb[1];
+    job.nb2     = sr->nb[2];
+    job.nb3     = sr->nb[3];
+    return job;
 }
 
 bool ggml_cuda_turbo_fusion_run(ggml_backend_cuda_context & ctx, const ggml_cuda_turbo_fusion & plan, ggml_tensor * node) {
-    if (plan.chains.empty()) {
+    if (plan.runs.empty()) {
         return false;
     }
-    const auto it = plan.chains.find(node);
-    if (it == plan.chains.end()) {
+    const auto it = plan.runs.find(node);
+    if (it == plan.runs.end()) {
         return false;
     }
-    const ggml_cuda_turbo_chain & c = it->second;
-    switch (c.n_rot) {
-        case  64: turbo_fused_chain_cuda< 64>(c, ctx.stream()); break;
-        case 128: turbo_fused_chain_cuda<128>(c, ctx.stream()); break;
-        case 256: turbo_fused_chain_cuda<256>(c, ctx.stream()); break;
-        default: GGML_ABORT("turbo fusion: rotation of %d values", c.n_rot);
+    const std::vector<ggml_cuda_turbo_chain> & chains = it->second;
+    GGML_ASSERT(!chains.empty() && chains.size() <= TURBO_FUSE_MAX_JOBS);
+    turbo_fused_jobs jobs = {};
+    jobs.n = (int) chains.size();
+    int64_t n_warps = 0;
+    for (int i = 0; i < jobs.n; ++i) {
+        GGML_ASSERT(chains[i].n_rot == 64 || chains[i].n_rot == 128 || chains[i].n_rot == 256);
+        jobs.job[i] = turbo_fused_job_of(chains[i]);
+        n_warps += jobs.job[i].n_warps;
     }
-    CUDA_CHECK(cudaGetLastError());
+    const dim3 block(WARP_SIZE, TURBO_FUSE_WARPS);
+    const dim3 grid((n_warps + TURBO_FUSE_WARPS - 1)/TURBO_FUSE_WARPS);
+    ggml_cuda_kernel_launch(k_turbo_fused_chains, ggml_cuda_kernel_launch_params(grid, block, 0, ctx.stream()), jobs);
     return true;
 }
 
@@ -214,12 +262,13 @@ bool ggml_cuda_turbo_fusion_run(ggml_backend_cuda_context & ctx, const ggml_cuda
 // the plan
 //
 
-// which chains to fuse: bit 0 the K cache write, bit 1 the V cache write, bit 2 the query
+// which chains to fuse: bit 0 the K cache write, bit 1 the V cache write, bit 2 the query; bit 3
+// runs a layer's fused chains in one launch
 static int turbo_fusion_chains() {
     static const int chains = [] {
         const char * all   = getenv("GGML_CUDA_DISABLE_FUSION");
         const char * turbo = getenv("GGML_CUDA_TURBO_FUSION");
-        return all && atoi(all) ? 0 : turbo ? atoi(turbo) & 7 : 7;
+        return all && atoi(all) ? 0 : turbo ? atoi(turbo) & 15 : 15;
     }();
     return chains;
 }
@@ -282,6 +331,27 @@ struct turbo_graph {
     }
 };
 
+// memory a node or a chain reads or writes
+struct turbo_range {
+    const char * lo = nullptr;
+    const char * hi = nullptr;
+
+    explicit turbo_range(const ggml_tensor * t) : lo((const char *) t->data), hi(lo ? lo + ggml_nbytes(t) : lo) {}
+
+    bool overlaps(const turbo_range & o) const {
+        return lo < o.hi && o.lo < hi;
+    }
+};
+
+// a chain found in the graph, with what it takes to place its launch
+struct turbo_candidate {
+    ggml_cuda_turbo_chain            chain;
+    int                              first = 0; // its first node: its inputs are intact there
+    std::vector<const ggml_tensor *> members;   // its nodes, whose work it does
+    std::vector<turbo_range>         reads;
+    std::vector<turbo_range>         writes;
+};
+
 // p holds one value per channel and head of x ([head size, heads, 1, 1], broadcast over tokens)
 bool turbo_per_channel(const ggml_tensor * p, const ggml_tensor * x, const int n_rot) {
     return p->type == GGML_TYPE_F32 && ggml_is_contiguous(p) && p->ne[0] == x->ne[0] && p->ne[1] == x->ne[1] &&
@@ -293,7 +363,7 @@ bool turbo_plain_f32(const ggml_tensor * t, const ggml_tensor * like) {
 }
 
 // K or V: [SUB -> MUL ->] hadamard MUL_MAT -> SET_ROWS into a turbo cache
-bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, ggml_cuda_turbo_fusion & plan, const int chains) {
+bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, const int chains, turbo_candidate & cand) {
     if (sr->op != GGML_OP_SET_ROWS || !ggml_cuda_type_is_turbo(sr->type) || sr->src[0]->type != GGML_TYPE_F32 ||
         !ggml_is_contiguous(sr->src[0])) {
         return false;
@@ -336,8 +406,8 @@ bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, ggml_cuda_t
         c.src = x;
     }
 
-    // the chain runs at its first node, so every input must be there by then, and the nodes
-    // between may neither read nor write the cache it writes early
+    // the chain runs at its first node or later, so every input must be there by then, and the
+    // nodes between its first and last may neither read nor write the cache it writes early
     int first = g.pos(sr);
     for (const ggml_tensor * m : members) {
         first = std::min(first, g.pos(m));
@@ -364,30 +434,33 @@ bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, ggml_cuda_t
         }
     }
 
-    const ggml_tensor * start = g.cgraph->nodes[first];
-    for (const ggml_tensor * m : members) {
-        if (m != start) {
-            plan.skipped.insert(m);
+    cand.chain   = c;
+    cand.first   = first;
+    cand.members = members;
+    cand.reads   = { turbo_range(c.src), turbo_range(sr->src[1]) };
+    for (const ggml_tensor * p : { c.mu, c.scale }) {
+        if (p) {
+            cand.reads.emplace_back(p);
         }
     }
-    plan.chains.emplace(start, c);
+    cand.writes = { turbo_range(cache) };
     return true;
 }
 
 // Q: MUL -> hadamard MUL_MAT, with nothing but views between them
-void turbo_plan_query(const turbo_graph & g, ggml_tensor * rot, ggml_cuda_turbo_fusion & plan) {
+bool turbo_plan_query(const turbo_graph & g, ggml_tensor * rot, turbo_candidate & cand) {
     const int n_rot = turbo_graph::hadamard_size(rot);
-    if (n_rot == 0 || plan.skipped.count(rot) || plan.chains.count(rot) || !ggml_is_contiguous(rot)) {
-        return;
+    if (n_rot == 0 || !ggml_is_contiguous(rot)) {
+        return false;
     }
     const ggml_tensor * x = g.through_views(rot->src[1], true);
     if (!x || x->op != GGML_OP_MUL || !g.single_use(x) || !turbo_plain_f32(x->src[0], rot) ||
         !ggml_are_same_shape(x->src[0], x) || !turbo_per_channel(x->src[1], x, n_rot)) {
-        return;
+        return false;
     }
     for (int i = g.pos(x) + 1; i < g.pos(rot); ++i) {
         if (!ggml_op_is_empty(g.cgraph->nodes[i]->op)) {
-            return;
+            return false;
         }
     }
     // each warp reads its group before writing it, so the output may be the input itself, but not
@@ -395,25 +468,77 @@ void turbo_plan_query(const turbo_graph & g, ggml_tensor * rot, ggml_cuda_turbo_
     const char * in  = (const char *) x->src[0]->data;
     const char * out = (const char *) rot->data;
     if (in != out && in < out + ggml_nbytes(rot) && out < in + ggml_nbytes(x->src[0])) {
-        return;
+        return false;
     }
 
-    ggml_cuda_turbo_chain c;
-    c.end   = rot;
-    c.src   = x->src[0];
-    c.scale = x->src[1];
-    c.n_rot = n_rot;
-    plan.skipped.insert(rot);
-    plan.chains.emplace(x, c);
+    cand.chain.end   = rot;
+    cand.chain.src   = x->src[0];
+    cand.chain.scale = x->src[1];
+    cand.chain.n_rot = n_rot;
+    cand.first       = g.pos(x);
+    cand.members     = { x, rot };
+    cand.reads       = { turbo_range(x->src[0]), turbo_range(x->src[1]) };
+    cand.writes      = { turbo_range(rot) };
+    return true;
+}
+
+bool turbo_overlap(const std::vector<turbo_range> & a, const std::vector<turbo_range> & b) {
+    for (const turbo_range & ra : a) {
+        for (const turbo_range & rb : b) {
+            if (ra.overlaps(rb)) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+// Whether c may run at node `at` instead of at its first node: no node that runs in between
+// (fused ones do not) writes what c reads or writes, or reads what c writes.
+bool turbo_can_defer(const turbo_graph & g, const turbo_candidate & c, const int at,
+                     const std::unordered_set<const ggml_tensor *> & fused) {
+    for (int i = c.first + 1; i < at; ++i) {
+        const ggml_tensor * n = g.cgraph->nodes[i];
+        if (ggml_op_is_empty(n->op) || fused.count(n)) {
+            continue;
+        }
+        const std::vector<turbo_range> out = { turbo_range(n) };
+        if (turbo_overlap(out, c.reads) || turbo_overlap(out, c.writes)) {
+            return false;
+        }
+        for (const ggml_tensor * s : n->src) {
+            if (s && turbo_overlap({ turbo_range(s) }, c.writes)) {
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+// Whether c may join the chains of group, all running at c's first node in one launch.
+bool turbo_can_group(const turbo_graph & g, const std::vector<const turbo_candidate *> & group,
+                     const turbo_candidate & c, const std::unordered_set<const ggml_tensor *> & fused) {
+    if (group.size() >= TURBO_FUSE_MAX_JOBS) {
+        return false;
+    }
+    for (const turbo_candidate * o : group) {
+        // in one launch the chains run side by side, so neither may touch what the other writes
+        if (turbo_overlap(o->writes, c.reads) ||
+            turbo_overlap(o->writes, c.writes) || turbo_overlap(c.writes, o->reads) ||
+            !turbo_can_defer(g, *o, c.first, fused)) {
+            return false;
+        }
+    }
+    return true;
 }
 
 } // namespace
 
 void ggml_cuda_turbo_fusion_plan(const ggml_cgraph * cgraph, ggml_cuda_turbo_fusion & plan) {
-    plan.chains.clear();
+    plan.runs.clear();
     plan.skipped.clear();
     const int chains = turbo_fusion_chains();
-    if (chains == 0) {
+    if ((chains & 7) == 0) {
         return;
     }
     bool turbo = false;
@@ -424,13 +549,54 @@ void ggml_cuda_turbo_fusion_plan(const ggml_cgraph * cgraph, ggml_cuda_turbo_fus
         return; // no turbo cache written: nothing of this kind to fuse
     }
 
-    const turbo_graph g(cgraph);
+    const turbo_graph                       g(cgraph);
+    std::vector<turbo_candidate>            cands;
+    std::unordered_set<const ggml_tensor *> fused; // the nodes whose work the chains do
     for (int i = 0; i < cgraph->n_nodes && (chains & 3); ++i) {
-        turbo_plan_cache_write(g, cgraph->nodes[i], plan, chains);
+        turbo_candidate c;
+        if (turbo_plan_cache_write(g, cgraph->nodes[i], chains, c)) {
+            fused.insert(c.members.begin(), c.members.end());
+            cands.push_back(std::move(c));
+        }
     }
     for (int i = 0; i < cgraph->n_nodes && (chains & 4); ++i) {
-        turbo_plan_query(g, cgraph->nodes[i], plan);
+        turbo_candidate c;
+        if (!fused.count(cgraph->nodes[i]) && turbo_plan_query(g, cgraph->nodes[i], c) &&
+            !fused.count(c.members[0])) {
+            fused.insert(c.members.begin(), c.members.end());
+            cands.push_back(std::move(c));
+        }
+    }
+    std::sort(cands.begin(), cands.end(),
+              [](const turbo_candidate & a, const turbo_candidate & b) { return a.first < b.first; });
+
+    // consecutive chains share a launch while each can wait for the next one's first node
+    std::vector<const turbo_candidate *> group;
+    size_t                               n_launches = 0;
+    const auto close_group = [&]() {
+        if (group.empty()) {
+            return;
+        }
+        std::vector<ggml_cuda_turbo_chain> & run = plan.runs[cgraph->nodes[group.back()->first]];
+        for (const turbo_candidate * c : group) {
+            run.push_back(c->chain);
+        }
+        n_launches++;
+        group.clear();
+    };
+    for (const turbo_candidate & c : cands) {
+        if (!(chains & 8) || !turbo_can_group(g, group, c, fused)) {
+            close_group();
+        }
+        group.push_back(&c);
+    }
+    close_group();
+
+    for (const ggml_tensor * n : fused) {
+        if (!plan.runs.count(n)) {
+            plan.skipped.insert(n);
+        }
     }
     // backend-check reads this line to know that the chains ran fused
-    GGML_LOG_DEBUG("%s: %zu TurboQuant chains fused\n", __func__, plan.chains.size());
+    GGML_LOG_DEBUG("%s: %zu TurboQuant chains fused, in %zu launches\n", __func__, cands.size(), n_launches);
 }

@@ -11,15 +11,17 @@
 // (with reshapes and views between them). On the GPU each of those nodes is a launch of a kernel
 // that touches a few KiB while decoding, so together they cost more than the cache write itself.
 // Here a plan, made once per graph evaluation, finds these chains and runs each as one kernel:
-// for K and V the transform, the rotation and the quantization in one warp per rotation group,
-// for Q the transform and the rotation. The CPU graph and the results are unchanged; only the
-// launches go.
+// for K and V the transform, the rotation and the quantization in one warp per 64-value block,
+// for Q the transform and the rotation. A layer's chains then share one launch, at the first node
+// of the last of them, where the memory the earlier ones read and write is shown to be untouched
+// by the nodes in between. The CPU graph and the results are unchanged; only the launches go.
 //
 // A chain is fused only when every intermediate node is in the graph being evaluated and has no
 // other consumer, so an eval callback that reads one of them, or a graph split between two
 // of them, keeps the unfused path. GGML_CUDA_DISABLE_FUSION=1 or GGML_CUDA_TURBO_FUSION=0
 // turns it off, GGML_CUDA_TURBO_FUSION=1, 2 or 4 fuses only the K, V or Q chains (sums combine
-// them), to compare the paths in one build.
+// them), each in a launch of its own; adding 8 shares the launches (the default is 15), to
+// compare the paths in one build.
 
 #pragma once
 
@@ -27,6 +29,7 @@
 
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 struct ggml_cuda_turbo_chain {
     const ggml_tensor * end   = nullptr; // SET_ROWS into a turbo cache, or the query's MUL_MAT
@@ -37,10 +40,11 @@ struct ggml_cuda_turbo_chain {
 };
 
 struct ggml_cuda_turbo_fusion {
-    // the chains, each by its first node: it runs there, when its inputs are certain to be intact
-    // (a later node may reuse the memory of an input whose last reader was the first node)
-    std::unordered_map<const ggml_tensor *, ggml_cuda_turbo_chain> chains;
-    // the chains' other nodes, whose work is done at the first one
+    // the chains, by the node where they run as one launch: the first node of the last of them,
+    // where their inputs are certain to be intact (a later node may reuse the memory of an input
+    // whose last reader was a chain's first node)
+    std::unordered_map<const ggml_tensor *, std::vector<ggml_cuda_turbo_chain>> runs;
+    // the chains' other nodes, whose work is done where they run
     std::unordered_set<const ggml_tensor *> skipped;
 
     bool skips(const ggml_tensor * node) const {
@@ -51,5 +55,5 @@ struct ggml_cuda_turbo_fusion {
 // Finds the chains of cgraph; leaves the plan empty when fusion is turned off.
 void ggml_cuda_turbo_fusion_plan(const ggml_cgraph * cgraph, ggml_cuda_turbo_fusion & plan);
 
-// Runs the chain that starts at node; false when none does (then node runs as usual).
+// Runs the chains that run at node; false when none does (then node runs as usual).
 bool ggml_cuda_turbo_fusion_run(ggml_backend_cuda_context & ctx, const ggml_cuda_turbo_fusion & plan, ggml_tensor * node);

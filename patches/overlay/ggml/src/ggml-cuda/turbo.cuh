@@ -88,7 +88,7 @@ static __device__ __forceinline__ float turbo_warp_sum_transposed(float (&v)[WAR
 // idle for the 16-candidate scale search; a warp per block takes it from hundreds of dependent
 // steps to tens. The search is the reference one (ggml-turbo.c); only the order of the sums differs.
 template <ggml_type type>
-static __device__ void quantize_turbo_block_warp(const float v0, const float v1, void * __restrict__ dst, const int lane) {
+static __device__ void quantize_turbo_block_warp(const float v0, const float v1, void * GGML_CUDA_RESTRICT dst, const int lane) {
     constexpr int levels     = turbo_levels<type>();
     const float * boundaries = turbo_boundaries<type>();
 
@@ -204,7 +204,7 @@ static __device__ void quantize_turbo_block_warp(const float v0, const float v1,
 }
 
 template <ggml_type type>
-static __device__ void quantize_f32_turbo_block_warp(const float * __restrict__ x, void * __restrict__ dst, const int lane) {
+static __device__ void quantize_f32_turbo_block_warp(const float * GGML_CUDA_RESTRICT x, void * GGML_CUDA_RESTRICT dst, const int lane) {
     quantize_turbo_block_warp<type>(x[lane], x[lane + QK_TURBO/2], dst, lane);
 }
 
