@@ -146,18 +146,32 @@ static __device__ __forceinline__ void turbo_fused_query(const turbo_fused_job &
     }
 }
 
-template <int n_rot>
-static __device__ __forceinline__ void turbo_fused_job_run(const turbo_fused_job & job, const int64_t w, const int lane) {
-    switch (job.type) {
-        case GGML_TYPE_TURBO4: turbo_fused_cache_write<n_rot, GGML_TYPE_TURBO4>(job, w, job.norm, lane); break;
-        case GGML_TYPE_TURBO3: turbo_fused_cache_write<n_rot, GGML_TYPE_TURBO3>(job, w, job.norm, lane); break;
-        case GGML_TYPE_TURBO2: turbo_fused_cache_write<n_rot, GGML_TYPE_TURBO2>(job, w, job.norm, lane); break;
-        default:               turbo_fused_query<n_rot>(job, w, job.norm, lane);                             break;
+// One kind of job a kernel instance can run: a rotation size and dst's type (F32: the query).
+template <int n_rot_, ggml_type type_>
+struct turbo_fused_path {
+    static constexpr int       n_rot = n_rot_;
+    static constexpr ggml_type type  = type_;
+};
+
+// Runs the job if it is of the kind of path.
+template <typename path>
+static __device__ __forceinline__ bool turbo_fused_try(const turbo_fused_job & job, const int64_t w, const int lane) {
+    if (job.n_rot != path::n_rot || job.type != path::type) {
+        return false;
     }
+    if constexpr (path::type == GGML_TYPE_F32) {
+        turbo_fused_query<path::n_rot>(job, w, job.norm, lane);
+    } else {
+        turbo_fused_cache_write<path::n_rot, path::type>(job, w, job.norm, lane);
+    }
+    return true;
 }
 
-// The warps are the jobs' warps one after another; each finds its job and runs it. The jobs'
-// rotation sizes and types are read at run time, so K (the head size) and V (64) share a launch.
+// The warps are the jobs' warps one after another; each finds its job and runs the path of its
+// kind. An instance holds only the paths a layer of one cache type needs: the warps wait on
+// instruction fetches for half their time in this short kernel, and an instance with every path
+// (the fallback) has more code to fetch.
+template <typename... paths>
 static __global__ void __launch_bounds__(4*WARP_SIZE) k_turbo_fused_chains(const turbo_fused_jobs jobs) {
     int64_t w = (int64_t) blockIdx.x*blockDim.y + threadIdx.y;
     int     j = 0;
@@ -183,11 +197,7 @@ static __global__ void __launch_bounds__(4*WARP_SIZE) k_turbo_fused_chains(const
 
     const int lane = threadIdx.x;
     ggml_cuda_pdl_sync();
-    switch (job.n_rot) {
-        case  64: turbo_fused_job_run< 64>(job, w, lane); break;
-        case 128: turbo_fused_job_run<128>(job, w, lane); break;
-        default:  turbo_fused_job_run<256>(job, w, lane); break;
-    }
+    (turbo_fused_try<paths>(job, w, lane) || ...);
 }
 
 //
@@ -234,6 +244,52 @@ static turbo_fused_job turbo_fused_job_of(const ggml_cuda_turbo_chain & c) {
     return job;
 }
 
+using turbo_fused_kernel_t = void (*)(const turbo_fused_jobs);
+
+// The instances for a layer with head size D whose K and V caches are one turbo type, or K turbo4
+// and V turbo3 or turbo2: Q and K rotate D values, V 64 (as llama.cpp picks them), in any order.
+template <int D, ggml_type type_K, ggml_type type_V>
+static turbo_fused_kernel_t turbo_fused_layer_kernel(const turbo_fused_jobs & jobs) {
+    for (int i = 0; i < jobs.n; ++i) {
+        const turbo_fused_job & job = jobs.job[i];
+        const bool known = (job.type == GGML_TYPE_F32 && job.n_rot == D) || (job.type == type_K && job.n_rot == D) ||
+                           (job.type == type_V && job.n_rot == 64);
+        if (!known) {
+            return nullptr;
+        }
+    }
+    using Q = turbo_fused_path<D, GGML_TYPE_F32>;
+    using K = turbo_fused_path<D, type_K>;
+    using V = turbo_fused_path<64, type_V>;
+    return k_turbo_fused_chains<K, V, Q>;
+}
+
+template <int D>
+static turbo_fused_kernel_t turbo_fused_layer_kernel(const turbo_fused_jobs & jobs) {
+    turbo_fused_kernel_t k = nullptr;
+    (k = turbo_fused_layer_kernel<D, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4>(jobs)) ||
+    (k = turbo_fused_layer_kernel<D, GGML_TYPE_TURBO3, GGML_TYPE_TURBO3>(jobs)) ||
+    (k = turbo_fused_layer_kernel<D, GGML_TYPE_TURBO2, GGML_TYPE_TURBO2>(jobs)) ||
+    (k = turbo_fused_layer_kernel<D, GGML_TYPE_TURBO4, GGML_TYPE_TURBO3>(jobs)) ||
+    (k = turbo_fused_layer_kernel<D, GGML_TYPE_TURBO4, GGML_TYPE_TURBO2>(jobs));
+    return k;
+}
+
+// the instance with the fewest paths that runs every job; the one with all of them otherwise
+static turbo_fused_kernel_t turbo_fused_kernel(const turbo_fused_jobs & jobs) {
+    turbo_fused_kernel_t k = nullptr;
+    (k = turbo_fused_layer_kernel<64>(jobs)) || (k = turbo_fused_layer_kernel<128>(jobs)) ||
+    (k = turbo_fused_layer_kernel<256>(jobs));
+    if (k) {
+        return k;
+    }
+#define TURBO_FUSED_PATHS(n)                                                                     \
+    turbo_fused_path<n, GGML_TYPE_F32>, turbo_fused_path<n, GGML_TYPE_TURBO4>,                   \
+    turbo_fused_path<n, GGML_TYPE_TURBO3>, turbo_fused_path<n, GGML_TYPE_TURBO2>
+    return k_turbo_fused_chains<TURBO_FUSED_PATHS(64), TURBO_FUSED_PATHS(128), TURBO_FUSED_PATHS(256)>;
+#undef TURBO_FUSED_PATHS
+}
+
 bool ggml_cuda_turbo_fusion_run(ggml_backend_cuda_context & ctx, const ggml_cuda_turbo_fusion & plan, ggml_tensor * node) {
     if (plan.runs.empty()) {
         return false;
@@ -254,7 +310,7 @@ bool ggml_cuda_turbo_fusion_run(ggml_backend_cuda_context & ctx, const ggml_cuda
     }
     const dim3 block(WARP_SIZE, TURBO_FUSE_WARPS);
     const dim3 grid((n_warps + TURBO_FUSE_WARPS - 1)/TURBO_FUSE_WARPS);
-    ggml_cuda_kernel_launch(k_turbo_fused_chains, ggml_cuda_kernel_launch_params(grid, block, 0, ctx.stream()), jobs);
+    ggml_cuda_kernel_launch(turbo_fused_kernel(jobs), ggml_cuda_kernel_launch_params(grid, block, 0, ctx.stream()), jobs);
     return true;
 }
 
