@@ -38,7 +38,9 @@ pub struct Args {
     /// Text to read (default: a built-in long document with a hidden fact)
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
-    /// Context lengths, comma-separated
+    /// Context lengths, comma-separated. Each is a prefix of one pass over the longest, and the
+    /// turbo types calibrate with a context of the longest's size, so a context's figures can
+    /// differ slightly between runs whose longest context differs
     #[arg(long, default_value = "2048,4096,8192", value_delimiter = ',')]
     pub contexts: Vec<usize>,
     /// Bit widths for mse, prod and turbo, comma-separated
