@@ -378,28 +378,22 @@ fn check_fused_chains(
         pass: diff <= ROTATED_QUERY_MAX_REL_DIFF,
     });
     if device.name != cpu.name {
-        checks.push(Check {
-            op: "fusion".into(),
-            types: ty.name().into(),
-            head_size: d,
-            queries: tokens,
-            heads: None,
-            metric: "chains the device ran fused".into(),
-            value: fused as f64,
-            limit: "= 3".into(),
-            pass: fused == 3,
-        });
-        checks.push(Check {
-            op: "fusion".into(),
-            types: ty.name().into(),
-            head_size: d,
-            queries: tokens,
-            heads: None,
-            metric: "kernel launches of the three chains".into(),
-            value: launches as f64,
-            limit: "= 1".into(),
-            pass: launches == 1,
-        });
+        for (metric, value, expected) in [
+            ("chains the device ran fused", fused, 3),
+            ("kernel launches of the three chains", launches, 1),
+        ] {
+            checks.push(Check {
+                op: "fusion".into(),
+                types: ty.name().into(),
+                head_size: d,
+                queries: tokens,
+                heads: None,
+                metric: metric.into(),
+                value: value as f64,
+                limit: format!("= {expected}"),
+                pass: value == expected,
+            });
+        }
     }
     Ok(checks)
 }
