@@ -38,6 +38,15 @@ void llama_turbo_transform(ggml_context * ctx, ggml_tensor * params, ggml_tensor
     }
 }
 
+void llama_turbo_expand_projections(ggml_cgraph * gf, ggml_tensor * q, ggml_tensor * v, ggml_tensor * k) {
+    for (ggml_tensor * t : { q, v, k }) {
+        if (t) {
+            const bool rope_joins = t->op == GGML_OP_ROPE && t->src[0]->op != GGML_OP_MUL;
+            ggml_build_forward_expand(gf, rope_joins ? t->src[0] : t);
+        }
+    }
+}
+
 //
 // the cache's parameter tensors
 //

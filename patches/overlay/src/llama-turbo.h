@@ -19,5 +19,12 @@
 // k may be null (layers that reuse another layer's cache only transform q).
 void llama_turbo_transform(ggml_context * ctx, ggml_tensor * params, ggml_tensor ** q, ggml_tensor ** k);
 
+// Adds a layer's Q, V and K projections (any may be null) to the graph ahead of the transforms,
+// so that the transforms, rotations and cache writes that follow form unbroken chains, which
+// ggml-cuda runs in one launch per layer (turbo-fuse.cuh). A RoPE stays after its projection, as
+// the first node of its chain, unless it turns the output of a multiplication (an RMS norm's
+// weight: ggml-cuda runs that RoPE with the norm).
+void llama_turbo_expand_projections(ggml_cgraph * gf, ggml_tensor * q, ggml_tensor * v, ggml_tensor * k);
+
 // Whether a cache type is one of the TurboQuant types.
 bool llama_turbo_is_turbo_type(ggml_type type);

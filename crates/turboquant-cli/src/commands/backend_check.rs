@@ -12,7 +12,9 @@
 //!   calibrated transform, upstream's Hadamard rotation, set-rows), which the CUDA backend runs as
 //!   one kernel launch for the three chains (turbo-fuse.cu): the cache bytes as for set-rows, the
 //!   rotated query to rounding, and on a GPU the log must say the three chains were fused into
-//!   one launch.
+//!   one launch. Then again with K and Q coming out of a RoPE, which the CUDA chains take up,
+//!   against the device's own results with the RoPE run apart; the log must say that the K and
+//!   Q chains started with it.
 //! - get-rows (dequantize): the same floats, to rounding.
 //! - flash attention, decode (1 or 2 queries) and prefill (64 queries), for every K/V pair the
 //!   CUDA backend reads directly and every head size, and for decoding with every grouping of
@@ -245,13 +247,136 @@ fn check_set_rows(
     let mut reference = x.clone();
     let cpu_values = turbo_format(ty)?.dequantize_row(&a)?;
     reference[..row(4).start].copy_from_slice(&cpu_values[..row(4).start]);
-    compare_cache_blocks("set-rows", ty, d, rows, &a, &b, &reference)
+    compare_cache_blocks("set-rows", "CPU", ty, d, rows, &a, &b, &reference)
+}
+
+/// The RoPE that a layer's K and Q chains start with in the check, one per head size so that the
+/// three cover both of ggml's orders, YaRN and frequency factors.
+struct RopeCase {
+    neox: bool,
+    freq_base: f32,
+    freq_scale: f32,
+    ext_factor: f32,
+    freq_factors: bool,
+}
+
+impl RopeCase {
+    const N_CTX_ORIG: i32 = 4096;
+    const ATTN_FACTOR: f32 = 1.0;
+    const BETA_FAST: f32 = 32.0;
+    const BETA_SLOW: f32 = 1.0;
+
+    fn for_head_size(d: i64) -> RopeCase {
+        match d {
+            // YaRN at a quarter of the frequencies
+            64 => RopeCase {
+                neox: false,
+                freq_base: 10_000.0,
+                freq_scale: 0.25,
+                ext_factor: 1.0,
+                freq_factors: false,
+            },
+            // Llama-3's base, with frequency factors
+            128 => RopeCase {
+                neox: true,
+                freq_base: 500_000.0,
+                freq_scale: 1.0,
+                ext_factor: 0.0,
+                freq_factors: true,
+            },
+            _ => RopeCase {
+                neox: false,
+                freq_base: 1_000_000.0,
+                freq_scale: 1.0,
+                ext_factor: 0.0,
+                freq_factors: false,
+            },
+        }
+    }
+
+    /// ggml's mode (llama.h names the same values as ggml.h's GGML_ROPE_TYPE_*)
+    fn mode(&self) -> i32 {
+        if self.neox {
+            sys::LLAMA_ROPE_TYPE_NEOX
+        } else {
+            sys::LLAMA_ROPE_TYPE_NORM
+        }
+    }
+
+    fn describe(&self) -> &'static str {
+        match (self.neox, self.ext_factor != 0.0, self.freq_factors) {
+            (true, _, true) => "NeoX, freq. factors",
+            (true, _, false) => "NeoX",
+            (false, true, _) => "normal, YaRN",
+            (false, false, _) => "normal",
+        }
+    }
+
+    /// `ggml_rope_ext` of x ([d, heads, tokens]) in f64: pair c of each head turns by
+    /// pos·base^(−2c/d), with YaRN's blend of interpolation and extrapolation.
+    fn apply(&self, x: &[f32], d: i64, pos: &[i32], freq_factors: &[f32]) -> Vec<f32> {
+        let mut corr = [0f32; 2];
+        // SAFETY: plain arithmetic that writes the two floats it is given.
+        unsafe {
+            sys::ggml_rope_yarn_corr_dims(
+                d as i32,
+                Self::N_CTX_ORIG,
+                self.freq_base,
+                Self::BETA_FAST,
+                Self::BETA_SLOW,
+                corr.as_mut_ptr(),
+            )
+        };
+        let (lo, hi) = (f64::from(corr[0]), f64::from(corr[1]));
+        let d = d as usize;
+        let heads_per_token = x.len() / d / pos.len();
+        let mut out = x.to_vec();
+        for (row, (xs, ys)) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
+            let p = f64::from(pos[row / heads_per_token]);
+            for (c, &factor) in freq_factors.iter().enumerate().take(d / 2) {
+                let ff = if self.freq_factors {
+                    f64::from(factor)
+                } else {
+                    1.0
+                };
+                let extrap = p * f64::from(self.freq_base).powf(-2.0 * c as f64 / d as f64) / ff;
+                let interp = f64::from(self.freq_scale) * extrap;
+                let (theta, mscale) = if self.ext_factor != 0.0 {
+                    let y = (c as f64 - lo) / (hi - lo).max(0.001);
+                    let mix = (1.0 - y.clamp(0.0, 1.0)) * f64::from(self.ext_factor);
+                    let m = 1.0 + 0.1 * (1.0 / f64::from(self.freq_scale)).ln();
+                    (
+                        interp * (1.0 - mix) + extrap * mix,
+                        f64::from(Self::ATTN_FACTOR) * m,
+                    )
+                } else {
+                    (interp, f64::from(Self::ATTN_FACTOR))
+                };
+                let (i0, i1) = if self.neox {
+                    (c, c + d / 2)
+                } else {
+                    (2 * c, 2 * c + 1)
+                };
+                let (x0, x1) = (f64::from(xs[i0]), f64::from(xs[i1]));
+                let (sin, cos) = theta.sin_cos();
+                ys[i0] = ((x0 * cos - x1 * sin) * mscale) as f32;
+                ys[i1] = ((x0 * sin + x1 * cos) * mscale) as f32;
+            }
+        }
+        out
+    }
 }
 
 /// One layer's new keys, values and queries as llama.cpp turns them into the cache and the
 /// attention's query when the cache is turbo (patch 0004's transform, then upstream's Hadamard
 /// rotation): K = H·((k − mu)·scale) and V = H·v written with set-rows, Q = H·(q·q_scale). On
 /// CUDA the three chains run in one kernel launch (turbo-fuse.cu); the CPU runs the nodes.
+///
+/// Then the same with K and Q coming out of a RoPE, which the CUDA chains take up: the device's
+/// results with the RoPE in the chains are compared with its results with the RoPE run apart
+/// (upstream's kernel; the graph marks its output for reading, so that it cannot join). The CPU
+/// is not the baseline there: ggml-cuda computes the angles with fast-math sines, so its RoPE
+/// differs from the CPU's by more than the quantizer's decisions tolerate bit for bit.
 fn check_fused_chains(
     cpu: &Backend,
     device: &Backend,
@@ -271,9 +396,15 @@ fn check_fused_chains(
     let q_scale: Vec<f32> = (0..d * heads).map(|_| 0.5 + rng.uniform() as f32).collect();
     // distinct cache rows, out of order (37 is prime to 256)
     let written: Vec<i64> = (0..tokens).map(|t| (t * 37 + 11) % rows).collect();
+    // positions up to 3688, where the angles' rounding shows
+    let pos: Vec<i32> = (0..tokens as i32).map(|t| 5 + 29 * t).collect();
+    let freq_factors: Vec<f32> = (0..d / 2).map(|c| 1.0 + (c % 8) as f32).collect();
+    let rope = RopeCase::for_head_size(d);
 
-    let graph = |backend: &Backend| -> Result<(Vec<u8>, Vec<u8>, Vec<f32>)> {
-        let g = Graph::new(backend, 48)?;
+    // the K and V cache bytes and the rotated query; `with_rope`: None, or whether the RoPE may join
+    type Outputs = (Vec<u8>, Vec<u8>, Vec<f32>);
+    let graph = |backend: &Backend, with_rope: Option<bool>| -> Result<Outputs> {
+        let g = Graph::new(backend, 64)?;
         let tk = g.tensor_3d(sys::GGML_TYPE_F32, d, kv_heads, tokens);
         let tv = g.tensor_3d(sys::GGML_TYPE_F32, d, kv_heads, tokens);
         let tq = g.tensor_3d(sys::GGML_TYPE_F32, d, heads, tokens);
@@ -285,6 +416,8 @@ fn check_fused_chains(
         let k_cache = g.tensor_2d(ty.ggml(), d * kv_heads, rows);
         let v_cache = g.tensor_2d(ty.ggml(), d * kv_heads, rows);
         let idx = g.tensor_1d(sys::GGML_TYPE_I64, tokens);
+        let tpos = g.tensor_1d(sys::GGML_TYPE_I32, tokens);
+        let tff = g.tensor_1d(sys::GGML_TYPE_F32, d / 2);
         // SAFETY: tensors of this context, in the shapes llama-graph.cpp and cpy_k/cpy_v build.
         let (q_rot, v_rows, k_rows, v_write, k_write) = unsafe {
             let rotate = |x: *mut sys::ggml_tensor, h: *mut sys::ggml_tensor| {
@@ -298,9 +431,41 @@ fn check_fused_chains(
                 let rows = sys::ggml_view_2d(g.ctx, x, d * (*x).ne[1], tokens, (*x).nb[2], 0);
                 sys::ggml_set_rows(g.ctx, cache, rows, idx)
             };
-            let q_rot = rotate(sys::ggml_mul(g.ctx, tq, tqs), hk);
+            let turn = |x: *mut sys::ggml_tensor| match with_rope {
+                None => x,
+                Some(joins) => {
+                    let ff = if rope.freq_factors {
+                        tff
+                    } else {
+                        std::ptr::null_mut()
+                    };
+                    let r = sys::ggml_rope_ext(
+                        g.ctx,
+                        x,
+                        tpos,
+                        ff,
+                        d as i32,
+                        rope.mode(),
+                        RopeCase::N_CTX_ORIG,
+                        rope.freq_base,
+                        rope.freq_scale,
+                        rope.ext_factor,
+                        RopeCase::ATTN_FACTOR,
+                        RopeCase::BETA_FAST,
+                        RopeCase::BETA_SLOW,
+                    );
+                    if !joins {
+                        sys::ggml_set_output(r);
+                    }
+                    r
+                }
+            };
+            let q_rot = rotate(sys::ggml_mul(g.ctx, turn(tq), tqs), hk);
             let v_rows = rotate(tv, hv);
-            let k_rows = rotate(sys::ggml_mul(g.ctx, sys::ggml_sub(g.ctx, tk, tmu), tks), hk);
+            let k_rows = rotate(
+                sys::ggml_mul(g.ctx, sys::ggml_sub(g.ctx, turn(tk), tmu), tks),
+                hk,
+            );
             (
                 q_rot,
                 v_rows,
@@ -322,6 +487,8 @@ fn check_fused_chains(
         g.set(k_cache, &vec![0u8; g.nbytes(k_cache)])?;
         g.set(v_cache, &vec![0u8; g.nbytes(v_cache)])?;
         g.set(idx, &written)?;
+        g.set(tpos, &pos)?;
+        g.set(tff, &freq_factors)?;
         g.compute()?;
         Ok((
             g.get::<u8>(k_cache)?,
@@ -329,70 +496,120 @@ fn check_fused_chains(
             g.get::<f32>(q_rot)?,
         ))
     };
-    let a = graph(cpu)?;
-    let mark = logs::mark();
-    let b = graph(device)?;
-    // "N TurboQuant chains fused, in M launches" (turbo-fuse.cu)
-    let (fused, launches): (usize, usize) = logs::lines_since(mark)
-        .iter()
-        .filter_map(|l| {
-            let (before, after) = l.split_once(" TurboQuant chains fused, in ")?;
-            let chains = before.rsplit(' ').next()?.parse().ok()?;
-            let launches = after.split(' ').next()?.parse().ok()?;
-            Some((chains, launches))
-        })
-        .max()
-        .unwrap_or((0, 0));
+    // "N TurboQuant chains fused, R with their RoPE, in M launches" (turbo-fuse.cu), the most of
+    // one graph's runs
+    // chains fused, of them with their RoPE, launches
+    type Fusion = (usize, usize, usize);
+    let fused_on_device = |with_rope: Option<bool>| -> Result<(Outputs, Fusion)> {
+        let mark = logs::mark();
+        let out = graph(device, with_rope)?;
+        let fusion = logs::lines_since(mark)
+            .iter()
+            .filter_map(|l| {
+                let (before, after) = l.split_once(" TurboQuant chains fused, ")?;
+                let chains = before.rsplit(' ').next()?.parse().ok()?;
+                let (ropes, after) = after.split_once(" with their RoPE, in ")?;
+                let launches = after.split(' ').next()?.parse().ok()?;
+                Some((chains, ropes.parse().ok()?, launches))
+            })
+            .max()
+            .unwrap_or((0, 0, 0));
+        Ok((out, fusion))
+    };
 
-    // what the cache should hold: the transform and the rotation
-    let k_ref = rotate_reference(&transform_reference(&k, &mu, &k_scale, d * kv_heads), k_rot)?;
     let v_ref = rotate_reference(&v, v_rot)?;
     let row_bytes = ty.row_bytes((d * kv_heads) as u64) as usize;
     let written_rows =
         |cache: &[u8]| cache_rows(cache, row_bytes, written.iter().map(|&r| r as usize));
     let mut checks = Vec::new();
-    for (name, cpu_cache, device_cache, reference) in [
-        ("K: transform, rotate, set-rows (fused)", &a.0, &b.0, &k_ref),
-        ("V: rotate, set-rows (fused)", &a.1, &b.1, &v_ref),
-    ] {
-        checks.extend(compare_cache_blocks(
-            name,
-            ty,
-            d,
-            tokens,
-            &written_rows(cpu_cache),
-            &written_rows(device_cache),
-            reference,
-        )?);
-    }
-    let diff = max_abs_diff(&a.2, &b.2) / max_abs(&a.2).max(f64::MIN_POSITIVE);
-    checks.push(Check {
-        op: "Q: transform, rotate (fused)".into(),
-        types: ty.name().into(),
-        head_size: d,
-        queries: tokens,
-        heads: Some(format!("{heads}/{kv_heads}")),
-        metric: "max |diff| / max |value|".into(),
-        value: diff,
-        limit: format!("<= {ROTATED_QUERY_MAX_REL_DIFF:e}"),
-        pass: diff <= ROTATED_QUERY_MAX_REL_DIFF,
-    });
-    if device.name != cpu.name {
-        for (metric, value, expected) in [
-            ("chains the device ran fused", fused, 3),
-            ("kernel launches of the three chains", launches, 1),
+    let rope_label = format!("RoPE ({}) apart", rope.describe());
+    for with_rope in [false, true] {
+        // the baseline: the CPU, or the device with the RoPE run apart
+        let (baseline, (b, fusion), k_in, prefix) = if with_rope {
+            let baseline = graph(device, Some(false))?;
+            let fused = fused_on_device(Some(true))?;
+            (
+                baseline,
+                fused,
+                rope.apply(&k, d, &pos, &freq_factors),
+                "RoPE, ",
+            )
+        } else {
+            (graph(cpu, None)?, fused_on_device(None)?, k.clone(), "")
+        };
+        let label = if with_rope {
+            rope_label.as_str()
+        } else {
+            "CPU"
+        };
+        // what the cache should hold: the transform and the rotation
+        let k_ref = rotate_reference(
+            &transform_reference(&k_in, &mu, &k_scale, d * kv_heads),
+            k_rot,
+        )?;
+        for (name, base_cache, device_cache, reference) in [
+            (
+                format!("K: {prefix}transform, rotate, set-rows (fused)"),
+                &baseline.0,
+                &b.0,
+                &k_ref,
+            ),
+            (
+                "V: rotate, set-rows (fused)".to_string(),
+                &baseline.1,
+                &b.1,
+                &v_ref,
+            ),
         ] {
-            checks.push(Check {
-                op: "fusion".into(),
-                types: ty.name().into(),
-                head_size: d,
-                queries: tokens,
-                heads: None,
-                metric: metric.into(),
-                value: value as f64,
-                limit: format!("= {expected}"),
-                pass: value == expected,
-            });
+            if with_rope && name.starts_with("V:") {
+                continue; // V has no RoPE: the first pass checked it
+            }
+            checks.extend(compare_cache_blocks(
+                &name,
+                label,
+                ty,
+                d,
+                tokens,
+                &written_rows(base_cache),
+                &written_rows(device_cache),
+                reference,
+            )?);
+        }
+        let diff = max_abs_diff(&baseline.2, &b.2) / max_abs(&baseline.2).max(f64::MIN_POSITIVE);
+        checks.push(Check {
+            op: format!("Q: {prefix}transform, rotate (fused)"),
+            types: ty.name().into(),
+            head_size: d,
+            queries: tokens,
+            heads: Some(format!("{heads}/{kv_heads}")),
+            metric: format!("max |diff| / max |value|, against {label}"),
+            value: diff,
+            limit: format!("<= {ROTATED_QUERY_MAX_REL_DIFF:e}"),
+            pass: diff <= ROTATED_QUERY_MAX_REL_DIFF,
+        });
+        if device.name != cpu.name {
+            let (fused, ropes, launches) = fusion;
+            for (metric, value, expected) in [
+                ("chains the device ran fused", fused, 3),
+                (
+                    "of them, starting with their RoPE",
+                    ropes,
+                    if with_rope { 2 } else { 0 },
+                ),
+                ("kernel launches of the three chains", launches, 1),
+            ] {
+                checks.push(Check {
+                    op: format!("fusion{}", if with_rope { " with RoPE" } else { "" }),
+                    types: ty.name().into(),
+                    head_size: d,
+                    queries: tokens,
+                    heads: None,
+                    metric: metric.into(),
+                    value: value as f64,
+                    limit: format!("= {expected}"),
+                    pass: value == expected,
+                });
+            }
         }
     }
     Ok(checks)
@@ -446,10 +663,12 @@ fn turbo_format(ty: CacheType) -> Result<&'static turboquant::block::TurboFormat
         .format())
 }
 
-/// Cache rows written by the CPU and by the device: share of identical blocks, and the squared
-/// error of each against the values they should hold.
+/// Cache rows written by a baseline (the CPU, unless named otherwise) and by the device: share of
+/// identical blocks, and the squared error of each against the values they should hold.
+#[allow(clippy::too_many_arguments)]
 fn compare_cache_blocks(
     op: &str,
+    baseline: &str,
     ty: CacheType,
     d: i64,
     rows: i64,
@@ -483,7 +702,7 @@ fn compare_cache_blocks(
             head_size: d,
             queries: rows,
             heads: None,
-            metric: "squared error / signal, CPU".into(),
+            metric: format!("squared error / signal, {baseline}"),
             value: relative,
             limit: format!("<= {CACHE_MAX_RELATIVE_ERROR}"),
             pass: relative <= CACHE_MAX_RELATIVE_ERROR,
@@ -505,7 +724,7 @@ fn compare_cache_blocks(
             head_size: d,
             queries: rows,
             heads: None,
-            metric: "squared error, device / CPU".into(),
+            metric: format!("squared error, device / {baseline}"),
             value: growth,
             limit: format!("<= {SET_ROWS_MAX_ERROR_GROWTH}"),
             pass: growth <= SET_ROWS_MAX_ERROR_GROWTH,

@@ -107,16 +107,18 @@ static __device__ __forceinline__ float turbo_decode_reduce_KQ(float (&sum)[ncol
     return sum[0];
 }
 
-// Copies nthreads rows of row_bytes each (global, `stride` apart) to consecutive rows in shared
-// memory: thread i copies word i of every run of nthreads words, so neighbouring threads read
-// neighbouring words. 4-byte words go asynchronously (cp.async, no registers held; the caller
-// waits with turbo_decode_stage_wait); 2-byte words through registers, every load issued before
-// the first store.
-template <typename word_t, int row_bytes, int nthreads>
+// Copies nrows rows of row_bytes each (global, `stride` apart) to consecutive rows in shared
+// memory with nthreads threads: thread i copies word i of every run of nthreads words, so
+// neighbouring threads read neighbouring words. 4-byte words go asynchronously (cp.async, no
+// registers held; the caller waits with turbo_decode_stage_wait); 2-byte words through registers,
+// every load issued before the first store.
+template <typename word_t, int row_bytes, int nrows, int nthreads>
 static __device__ __forceinline__ void turbo_decode_stage_rows(
         char * GGML_CUDA_RESTRICT dst, const char * GGML_CUDA_RESTRICT src, const int64_t stride, const int tid) {
     static_assert(row_bytes % sizeof(word_t) == 0, "rows must be whole words");
     constexpr int words_per_row = row_bytes / sizeof(word_t);
+    constexpr int nwords        = nrows*words_per_row;
+    constexpr int niter         = (nwords + nthreads - 1) / nthreads;
 #ifdef CP_ASYNC_AVAILABLE
     if constexpr (sizeof(word_t) == 4) {
         // not unrolled: the addresses of every word at once would take the registers of the kernel
@@ -124,7 +126,10 @@ static __device__ __forceinline__ void turbo_decode_stage_rows(
         int row = tid / words_per_row;
         int col = tid % words_per_row;
 #pragma unroll 1
-        for (int i = 0; i < words_per_row; ++i) {
+        for (int i = 0; i < niter; ++i) {
+            if (nwords % nthreads != 0 && i*nthreads + tid >= nwords) {
+                break;
+            }
             asm volatile("cp.async.ca.shared.global [%0], [%1], 4;"
                 : : "r"(dst_shared + 4*nthreads*i), "l"(src + row*stride + 4*col));
             row += nthreads / words_per_row;
@@ -137,15 +142,19 @@ static __device__ __forceinline__ void turbo_decode_stage_rows(
     } else
 #endif // CP_ASYNC_AVAILABLE
     {
-        word_t tmp[words_per_row];
+        word_t tmp[niter];
 #pragma unroll
-        for (int i = 0; i < words_per_row; ++i) {
+        for (int i = 0; i < niter; ++i) {
             const int w = i*nthreads + tid;
-            tmp[i] = ((const word_t *) (src + (w / words_per_row)*stride))[w % words_per_row];
+            if (nwords % nthreads == 0 || w < nwords) {
+                tmp[i] = ((const word_t *) (src + (w / words_per_row)*stride))[w % words_per_row];
+            }
         }
 #pragma unroll
-        for (int i = 0; i < words_per_row; ++i) {
-            ((word_t *) dst)[i*nthreads + tid] = tmp[i];
+        for (int i = 0; i < niter; ++i) {
+            if (nwords % nthreads == 0 || i*nthreads + tid < nwords) {
+                ((word_t *) dst)[i*nthreads + tid] = tmp[i];
+            }
         }
     }
 }
@@ -190,16 +199,18 @@ struct turbo_decode_block {
     }
 };
 
-// One step's K and V rows (and mask values) into shared memory, all copies issued before the wait.
-template <typename word_t, int K_row_bytes, int V_row_bytes, int nthreads>
+// One step's nrows K and V rows (and mask values) into shared memory, all copies issued before the
+// wait.
+template <typename word_t, int K_row_bytes, int V_row_bytes, int nrows, int nthreads>
 static __device__ __forceinline__ void turbo_decode_stage_step(
         char * GGML_CUDA_RESTRICT K_tile, char * GGML_CUDA_RESTRICT V_tile, half * GGML_CUDA_RESTRICT mask_shared,
         const char * GGML_CUDA_RESTRICT K, const char * GGML_CUDA_RESTRICT V, const half * GGML_CUDA_RESTRICT maskh,
         const int k_VKQ_0, const int32_t nb11, const int32_t nb21, const int tid) {
+    static_assert(nrows <= nthreads, "a mask value per thread at most");
     __syncthreads(); // the last step's rows are no longer read
-    turbo_decode_stage_rows<word_t, K_row_bytes, nthreads>(K_tile, K + int64_t(k_VKQ_0)*nb11, nb11, tid);
-    turbo_decode_stage_rows<word_t, V_row_bytes, nthreads>(V_tile, V + int64_t(k_VKQ_0)*nb21, nb21, tid);
-    if (maskh) {
+    turbo_decode_stage_rows<word_t, K_row_bytes, nrows, nthreads>(K_tile, K + int64_t(k_VKQ_0)*nb11, nb11, tid);
+    turbo_decode_stage_rows<word_t, V_row_bytes, nrows, nthreads>(V_tile, V + int64_t(k_VKQ_0)*nb21, nb21, tid);
+    if (maskh && (nrows == nthreads || tid < nrows)) {
         mask_shared[tid] = maskh[k_VKQ_0 + tid];
     }
     turbo_decode_stage_wait();
@@ -375,7 +386,7 @@ static __global__ void flash_attn_ext_turbo_decode(
 
     const int k_VKQ_max = KV_max_ptr ? KV_max_ptr[sequence*gridDim.x + blockIdx.x] : ne11;
     for (int k_VKQ_0 = blockIdx.y*nthreads; k_VKQ_0 < k_VKQ_max; k_VKQ_0 += gridDim.y*nthreads) {
-        turbo_decode_stage_step<word_t, K_row_bytes, V_row_bytes, nthreads>(
+        turbo_decode_stage_step<word_t, K_row_bytes, V_row_bytes, nthreads, nthreads>(
             K_tile, V_tile, mask_shared, K, V, maskh, k_VKQ_0, nb11, nb21, tid);
 
         const int r_warp = warp*WARP_SIZE; // the warp's first row in the tile
@@ -569,7 +580,10 @@ static __device__ __forceinline__ uint32_t turbo_decode_half2(const float lo, co
 // rows) through shared memory. Heads beyond ncols (the product's N is 8) have a zero query and
 // are not written. Staging, the softmax's offset, the warps' merge and the split combine are those
 // of the kernel above.
-template<int D, int ncols, ggml_type type_K, ggml_type type_V, bool use_logit_softcap> // D == head size, ncols == query heads per block
+// A warp takes rows_per_warp (16 or 32) rows per step. With 16 a block's steps are half as long,
+// so a short cache is split over twice as many blocks, each of them done sooner: the kernel's
+// latency there is its instructions (one warp per scheduler), not its memory traffic.
+template<int D, int ncols, int rows_per_warp, ggml_type type_K, ggml_type type_V, bool use_logit_softcap> // D == head size, ncols == query heads per block
 __launch_bounds__(TURBO_DECODE_NWARPS*WARP_SIZE, D == 256 ? 3 : 4)
 static __global__ void flash_attn_ext_turbo_decode_mma(
         const char * Q_ptr,
@@ -604,9 +618,11 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
     static_assert(D % QK_TURBO == 0, "head size must be a multiple of 64");
     static_assert(ncols == 1 || ncols == 2 || ncols == 4, "1, 2 or 4 query heads per block");
 
+    static_assert(rows_per_warp == 16 || rows_per_warp == 32, "16 or 32 rows per warp and step");
     constexpr int nwarps   = TURBO_DECODE_NWARPS;
     constexpr int nthreads = nwarps*WARP_SIZE;
-    constexpr int ntiles   = WARP_SIZE/16; // 16-row tiles of a warp's rows in a step
+    constexpr int nrows    = nwarps*rows_per_warp; // a step's rows
+    constexpr int ntiles   = rows_per_warp/16;     // 16-row tiles of a warp's rows in a step
 
     constexpr int blocks_per_row   = D/QK_TURBO;
     constexpr size_t K_block_size  = turbo_block_size<type_K>();
@@ -661,14 +677,14 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
     const float cb_V = turbo_codebook_lane<type_V>(lane);
 
     // the step's K and V rows; the warps' outputs at the end (combine_shared)
-    constexpr int tile_bytes    = nthreads*(K_row_bytes + V_row_bytes);
+    constexpr int tile_bytes    = nrows*(K_row_bytes + V_row_bytes);
     constexpr int combine_bytes = nwarps*ncols*D*sizeof(float);
     __shared__ __align__(16) char tile_shared[tile_bytes > combine_bytes ? tile_bytes : combine_bytes];
     char * K_tile = tile_shared;
-    char * V_tile = tile_shared + nthreads*K_row_bytes;
-    __shared__ half mask_shared[nthreads];
+    char * V_tile = tile_shared + nrows*K_row_bytes;
+    __shared__ half mask_shared[nrows];
     // probabilities of the warp's rows, by row and head (8: the product's N)
-    __shared__ float P_shared[nwarps][WARP_SIZE][8];
+    __shared__ float P_shared[nwarps][rows_per_warp][8];
 
     float KQ_max[2]; // heads 2t, 2t + 1: the same in every lane of a t
     float KQ_sum[2]; // partial: summed over g at the end
@@ -681,11 +697,11 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
     }
 
     const int k_VKQ_max = KV_max_ptr ? KV_max_ptr[sequence*gridDim.x + blockIdx.x] : ne11;
-    for (int k_VKQ_0 = blockIdx.y*nthreads; k_VKQ_0 < k_VKQ_max; k_VKQ_0 += gridDim.y*nthreads) {
-        turbo_decode_stage_step<word_t, K_row_bytes, V_row_bytes, nthreads>(
+    for (int k_VKQ_0 = blockIdx.y*nrows; k_VKQ_0 < k_VKQ_max; k_VKQ_0 += gridDim.y*nrows) {
+        turbo_decode_stage_step<word_t, K_row_bytes, V_row_bytes, nrows, nthreads>(
             K_tile, V_tile, mask_shared, K, V, maskh, k_VKQ_0, nb11, nb21, tid);
 
-        const int r_warp = warp*WARP_SIZE; // the warp's first row in the tile
+        const int r_warp = warp*rows_per_warp; // the warp's first row in the tile
 
         // 1. K·Q: S[tile] = scores of rows 16 tile + g (S[tile][0:1]) and + 8 (S[tile][2:3]), heads 2t, 2t + 1
         float S[ntiles][4];
@@ -875,31 +891,69 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
 #endif // defined(FLASH_ATTN_AVAILABLE) && defined(TURING_MMA_AVAILABLE)
 }
 
+// GGML_CUDA_TURBO_DECODE: simt takes the kernel without tensor cores, rows16 or rows32 the
+// tensor-core kernel with that many rows per warp and step whatever the cache length, to compare
+// them in one build; unset, the choice below
+enum class turbo_decode_choice { automatic, simt, rows16, rows32 };
+
+static turbo_decode_choice turbo_decode_forced() {
+    static const turbo_decode_choice forced = [] {
+        const char * env = getenv("GGML_CUDA_TURBO_DECODE");
+        if (env == nullptr) {
+            return turbo_decode_choice::automatic;
+        }
+        if (strcmp(env, "simt") == 0) {
+            return turbo_decode_choice::simt;
+        }
+        if (strcmp(env, "rows16") == 0) {
+            return turbo_decode_choice::rows16;
+        }
+        if (strcmp(env, "rows32") == 0) {
+            return turbo_decode_choice::rows32;
+        }
+        GGML_ABORT("GGML_CUDA_TURBO_DECODE=%s: expected simt, rows16 or rows32", env);
+    }();
+    return forced;
+}
+
 template <int D, int ncols, ggml_type type_K, ggml_type type_V>
 static void ggml_cuda_flash_attn_ext_turbo_decode_ncols(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+    const ggml_tensor * Q = dst->src[0];
+    const ggml_tensor * K = dst->src[1];
     float logit_softcap;
     memcpy(&logit_softcap, (const float *) dst->op_params + 2, sizeof(float));
 
-    // tensor cores where there are some; GGML_CUDA_TURBO_DECODE=simt takes the kernel without them
-    // anyway, to compare the two in one build
-    static const bool simt_forced = [] {
-        const char * env = getenv("GGML_CUDA_TURBO_DECODE");
-        return env != nullptr && strcmp(env, "simt") == 0;
-    }();
-    const int cc = ggml_cuda_info().devices[ggml_cuda_get_device()].cc;
+    const int cc  = ggml_cuda_info().devices[ggml_cuda_get_device()].cc;
+    const int nsm = ggml_cuda_info().devices[ggml_cuda_get_device()].nsm;
+    turbo_decode_choice choice = turbo_decode_forced();
+    if (!turing_mma_available(cc)) {
+        choice = turbo_decode_choice::simt;
+    } else if (choice == turbo_decode_choice::automatic) {
+        // 32 rows per warp while steps of 128 rows give every SM several blocks (4 fit on one);
+        // a shorter cache in steps of 64, so that twice as many blocks share it
+        const int64_t blocks_32 = (K->ne[1] / (TURBO_DECODE_NWARPS*32)) * Q->ne[1] * Q->ne[3] * K->ne[2] *
+                                  ((Q->ne[2] / K->ne[2] + ncols - 1) / ncols);
+        choice = blocks_32 >= 4*nsm ? turbo_decode_choice::rows32 : turbo_decode_choice::rows16;
+    }
+
     fattn_kernel_t kernel;
-    if (turing_mma_available(cc) && !simt_forced) {
-        kernel = logit_softcap == 0.0f ?
-            flash_attn_ext_turbo_decode_mma<D, ncols, type_K, type_V, false> :
-            flash_attn_ext_turbo_decode_mma<D, ncols, type_K, type_V, true>;
-    } else {
+    int nbatch_fa; // the cache is split over blocks in steps of one block's rows (launch_fattn)
+    if (choice == turbo_decode_choice::simt) {
         kernel = logit_softcap == 0.0f ?
             flash_attn_ext_turbo_decode<D, ncols, type_K, type_V, false> :
             flash_attn_ext_turbo_decode<D, ncols, type_K, type_V, true>;
+        nbatch_fa = TURBO_DECODE_NWARPS*WARP_SIZE;
+    } else if (choice == turbo_decode_choice::rows16) {
+        kernel = logit_softcap == 0.0f ?
+            flash_attn_ext_turbo_decode_mma<D, ncols, 16, type_K, type_V, false> :
+            flash_attn_ext_turbo_decode_mma<D, ncols, 16, type_K, type_V, true>;
+        nbatch_fa = TURBO_DECODE_NWARPS*16;
+    } else {
+        kernel = logit_softcap == 0.0f ?
+            flash_attn_ext_turbo_decode_mma<D, ncols, 32, type_K, type_V, false> :
+            flash_attn_ext_turbo_decode_mma<D, ncols, 32, type_K, type_V, true>;
+        nbatch_fa = TURBO_DECODE_NWARPS*32;
     }
-
-    // the cache is split over blocks in steps of one block's rows (launch_fattn)
-    constexpr int nbatch_fa = TURBO_DECODE_NWARPS*WARP_SIZE;
     launch_fattn<D, 1, ncols>(ctx, dst, kernel, TURBO_DECODE_NWARPS, 0, nbatch_fa, false, false, false, false);
 }
 

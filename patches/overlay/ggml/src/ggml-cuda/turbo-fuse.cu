@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 //
@@ -44,18 +45,94 @@ static __device__ __forceinline__ void turbo_hadamard_warp(float (&v)[n_rot/WARP
     }
 }
 
+// RoPE as the chain's first node: x is ROPE's source and a group is one head of it, turned whole
+// (n_dims is the head size, no offset).
+struct turbo_fused_rope {
+    const int32_t * pos;  // each token's position; null when the chain has no RoPE
+    const float   * freq_factors; // or null
+    uint3           ne1;  // heads per token
+    int64_t         s1, s2; // x's head and token strides, in floats
+    float           theta_scale, freq_scale, ext_factor, attn_factor;
+    float           corr_lo, corr_hi; // YaRN's correction range, in pair indices
+    bool            neox;
+};
+
+// The angle's cosine and sine for pair c at position p, computed as ggml's CUDA ROPE computes them
+// (theta = p theta_scale^c, YaRN's blend of interpolation and extrapolation, the magnitude scale).
+static __device__ __forceinline__ void turbo_rope_angle(const turbo_fused_rope & r, const float p, const int c,
+                                                        float & cos_theta, float & sin_theta) {
+    float theta_extrap = p*powf(r.theta_scale, (float) c);
+    if (r.freq_factors) {
+        theta_extrap /= r.freq_factors[c];
+    }
+    const float theta_interp = r.freq_scale*theta_extrap;
+    float       theta        = theta_interp;
+    float       mscale       = r.attn_factor;
+    if (r.ext_factor != 0.0f) {
+        const float y        = (c - r.corr_lo)/fmaxf(0.001f, r.corr_hi - r.corr_lo);
+        const float ramp_mix = (1.0f - fminf(1.0f, fmaxf(0.0f, y)))*r.ext_factor;
+        theta   = theta_interp*(1.0f - ramp_mix) + theta_extrap*ramp_mix;
+        mscale *= 1.0f + 0.1f*logf(1.0f/r.freq_scale);
+    }
+    cos_theta = cosf(theta)*mscale;
+    sin_theta = sinf(theta)*mscale;
+}
+
+// Turns the group's pairs: normal order pairs values 2c and 2c + 1 (neighbouring lanes), NeoX order
+// c and c + n_rot/2 (registers i and i + per_lane/2 of one lane).
+template <int n_rot>
+static __device__ __forceinline__ void turbo_rope_group(float (&v)[n_rot/WARP_SIZE], const turbo_fused_rope & r,
+                                                        const float p, const int lane) {
+    constexpr int per_lane = n_rot/WARP_SIZE;
+    if (r.neox) {
+#pragma unroll
+        for (int i = 0; i < per_lane/2; ++i) {
+            float cos_theta, sin_theta;
+            turbo_rope_angle(r, p, i*WARP_SIZE + lane, cos_theta, sin_theta);
+            const float x0 = v[i];
+            const float x1 = v[i + per_lane/2];
+            v[i]              = x0*cos_theta - x1*sin_theta;
+            v[i + per_lane/2] = x0*sin_theta + x1*cos_theta;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < per_lane; ++i) {
+            float cos_theta, sin_theta;
+            turbo_rope_angle(r, p, (i*WARP_SIZE + lane)/2, cos_theta, sin_theta);
+            const float other = __shfl_xor_sync(0xFFFFFFFF, v[i], 1, WARP_SIZE);
+            v[i] = lane & 1 ? other*sin_theta + v[i]*cos_theta : v[i]*cos_theta - other*sin_theta;
+        }
+    }
+}
+
 // Loads group g of x, with ((x - mu) * scale) per channel and head when mu is given and x * scale
-// when only scale is: the same operations, in the same order, as the unfused nodes.
+// when only scale is, after the RoPE when there is one: the same operations, in the same order, as
+// the unfused nodes.
 template <int n_rot>
 static __device__ __forceinline__ void turbo_load_group(
-        float (&v)[n_rot/WARP_SIZE], const float * GGML_CUDA_RESTRICT x, const float * GGML_CUDA_RESTRICT mu,
-        const float * GGML_CUDA_RESTRICT scale, const int64_t g, const uint3 period, const float norm, const int lane) {
+        float (&v)[n_rot/WARP_SIZE], const float * GGML_CUDA_RESTRICT x, const turbo_fused_rope & rope,
+        const float * GGML_CUDA_RESTRICT mu, const float * GGML_CUDA_RESTRICT scale, const int64_t g,
+        const uint3 period, const float norm, const int lane) {
     const uint32_t first = (uint32_t) (g * n_rot);
     const uint32_t c0    = scale ? fastmodulo(first, period) : 0; // the group lies within one period
+    if (rope.pos) {
+        const uint2 dm = fast_div_modulo((uint32_t) g, rope.ne1); // token, head
+        const float * row = x + dm.y*rope.s1 + dm.x*rope.s2;
+#pragma unroll
+        for (int i = 0; i < n_rot/WARP_SIZE; ++i) {
+            v[i] = row[i*WARP_SIZE + lane];
+        }
+        turbo_rope_group<n_rot>(v, rope, (float) rope.pos[dm.x], lane);
+    } else {
+#pragma unroll
+        for (int i = 0; i < n_rot/WARP_SIZE; ++i) {
+            v[i] = x[first + i*WARP_SIZE + lane];
+        }
+    }
 #pragma unroll
     for (int i = 0; i < n_rot/WARP_SIZE; ++i) {
         const int j = i*WARP_SIZE + lane;
-        float     y = x[first + j];
+        float     y = v[i];
         if (mu) {
             y -= mu[c0 + j];
         }
@@ -69,7 +146,8 @@ static __device__ __forceinline__ void turbo_load_group(
 // One chain as the kernel runs it. The chains of a layer (K, V and Q) run in one launch: each is
 // a few KiB while decoding, so a launch of its own costs more than its work.
 struct turbo_fused_job {
-    const float * x;     // the values before the transform (contiguous)
+    const float * x;     // the values before the chain (contiguous unless rope.pos is set)
+    turbo_fused_rope rope;
     const float * mu;    // subtracted per channel and head, or null
     const float * scale; // multiplied per channel and head, or null
     const void  * idx;   // SET_ROWS's row indices (int32 or int64); null for the query
@@ -103,7 +181,7 @@ static __device__ __forceinline__ void turbo_fused_cache_write(const turbo_fused
     const int     b = w % blocks_per_group;
 
     float v[n_rot/WARP_SIZE];
-    turbo_load_group<n_rot>(v, job.x, job.mu, job.scale, g, job.period, job.norm, lane);
+    turbo_load_group<n_rot>(v, job.x, job.rope, job.mu, job.scale, g, job.period, job.norm, lane);
     turbo_hadamard_warp<n_rot>(v, lane);
 
     // block b is values 2b and 2b + 1 of every lane (selected without indexing the registers)
@@ -135,7 +213,7 @@ static __device__ __forceinline__ void turbo_fused_cache_write(const turbo_fused
 template <int n_rot>
 static __device__ __forceinline__ void turbo_fused_query(const turbo_fused_job & job, const int64_t g, const int lane) {
     float v[n_rot/WARP_SIZE];
-    turbo_load_group<n_rot>(v, job.x, nullptr, job.scale, g, job.period, job.norm, lane);
+    turbo_load_group<n_rot>(v, job.x, job.rope, nullptr, job.scale, g, job.period, job.norm, lane);
     turbo_hadamard_warp<n_rot>(v, lane);
     float * dst = (float *) job.dst;
 #pragma unroll
@@ -213,6 +291,28 @@ static turbo_fused_job turbo_fused_job_of(const ggml_cuda_turbo_chain & c) {
     job.n_rot    = c.n_rot;
     job.norm     = 1.0f/sqrtf((float) c.n_rot);
     job.dst      = (char *) c.end->data;
+    if (c.rope) {
+        const int32_t * params = (const int32_t *) c.rope->op_params;
+        const int n_dims     = params[1];
+        const int n_ctx_orig = params[4];
+        float freq_base, beta_fast, beta_slow, corr[2];
+        memcpy(&freq_base,             params + 5, sizeof(float));
+        memcpy(&job.rope.freq_scale,   params + 6, sizeof(float));
+        memcpy(&job.rope.ext_factor,   params + 7, sizeof(float));
+        memcpy(&job.rope.attn_factor,  params + 8, sizeof(float));
+        memcpy(&beta_fast,             params + 9, sizeof(float));
+        memcpy(&beta_slow,             params + 10, sizeof(float));
+        ggml_rope_yarn_corr_dims(n_dims, n_ctx_orig, freq_base, beta_fast, beta_slow, corr);
+        job.rope.pos          = (const int32_t *) c.rope->src[1]->data;
+        job.rope.freq_factors = c.rope->src[2] ? (const float *) c.rope->src[2]->data : nullptr;
+        job.rope.ne1          = init_fastdiv_values((uint32_t) c.src->ne[1]);
+        job.rope.s1           = c.src->nb[1]/sizeof(float);
+        job.rope.s2           = c.src->nb[2]/sizeof(float);
+        job.rope.theta_scale  = powf(freq_base, -2.0f/n_dims);
+        job.rope.corr_lo      = corr[0];
+        job.rope.corr_hi      = corr[1];
+        job.rope.neox         = params[2] == GGML_ROPE_TYPE_NEOX;
+    }
 
     const int64_t n_groups = ggml_nelements(c.src)/c.n_rot;
     if (c.end->op == GGML_OP_MUL_MAT) { // the query
@@ -317,12 +417,12 @@ bool ggml_cuda_turbo_fusion_run(ggml_backend_cuda_context & ctx, const ggml_cuda
 //
 
 // which chains to fuse: bit 0 the K cache write, bit 1 the V cache write, bit 2 the query; bit 3
-// runs a layer's fused chains in one launch
+// runs a layer's fused chains in one launch; bit 4 lets the K and Q chains start with their RoPE
 static int turbo_fusion_chains() {
     static const int chains = [] {
         const char * all   = getenv("GGML_CUDA_DISABLE_FUSION");
         const char * turbo = getenv("GGML_CUDA_TURBO_FUSION");
-        return all && atoi(all) ? 0 : turbo ? atoi(turbo) & 15 : 15;
+        return all && atoi(all) ? 0 : turbo ? atoi(turbo) & 31 : 31;
     }();
     return chains;
 }
@@ -420,7 +520,38 @@ bool turbo_plain_f32(const ggml_tensor * t, const ggml_tensor * like) {
     return t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && ggml_nelements(t) == ggml_nelements(like);
 }
 
-// K or V: [SUB -> MUL ->] hadamard MUL_MAT -> SET_ROWS into a turbo cache
+// A ROPE the chain may start with: of whole heads (n_dims the head size and the rotation's, no
+// offset) in normal or NeoX order, of f32 rows, read by the chain alone. Not one that upstream runs
+// with the RMS norm and multiplication before it (ggml_cuda_try_fuse), which would then run twice.
+bool turbo_rope_joins(const turbo_graph & g, const ggml_tensor * t, const int n_rot, const int chains) {
+    if (!(chains & 16) || t->op != GGML_OP_ROPE || !g.single_use(t)) {
+        return false;
+    }
+    const int32_t *     params = (const int32_t *) t->op_params;
+    const int           n_dims = params[1];
+    const int           mode   = params[2];
+    const int           n_offs = params[15];
+    const ggml_tensor * x      = t->src[0];
+    const ggml_tensor * pos    = t->src[1];
+    const ggml_tensor * ff     = t->src[2];
+    return (mode == GGML_ROPE_TYPE_NORMAL || mode == GGML_ROPE_TYPE_NEOX) && n_dims == n_rot && n_offs == 0 &&
+           x->ne[0] == n_rot && x->ne[3] == 1 && x->type == GGML_TYPE_F32 && t->type == GGML_TYPE_F32 &&
+           x->nb[0] == sizeof(float) && x->nb[1] % sizeof(float) == 0 && x->nb[2] % sizeof(float) == 0 &&
+           x->op != GGML_OP_MUL && ggml_is_contiguous(t) && pos->type == GGML_TYPE_I32 && pos->ne[0] == x->ne[2] &&
+           (!ff || (ff->type == GGML_TYPE_F32 && ggml_is_contiguous(ff) && ff->ne[0] >= n_dims/2));
+}
+
+// what a chain reads besides its source: the RoPE's positions and frequency factors
+void turbo_rope_inputs(const ggml_cuda_turbo_chain & c, std::vector<const ggml_tensor *> & inputs) {
+    if (c.rope) {
+        inputs.push_back(c.rope->src[1]);
+        if (c.rope->src[2]) {
+            inputs.push_back(c.rope->src[2]);
+        }
+    }
+}
+
+// K or V: [[ROPE ->] SUB -> MUL ->] hadamard MUL_MAT -> SET_ROWS into a turbo cache
 bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, const int chains, turbo_candidate & cand) {
     if (sr->op != GGML_OP_SET_ROWS || !ggml_cuda_type_is_turbo(sr->type) || sr->src[0]->type != GGML_TYPE_F32 ||
         !ggml_is_contiguous(sr->src[0])) {
@@ -453,6 +584,11 @@ bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, const int c
         c.scale = x->src[1];
         members.push_back(sub);
         members.push_back(x);
+        if (turbo_rope_joins(g, c.src, n_rot, chains)) {
+            c.rope = c.src;
+            c.src  = c.rope->src[0];
+            members.push_back(c.rope);
+        }
     } else {
         if (!(chains & 2)) {
             return false;
@@ -471,8 +607,15 @@ bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, const int c
         first = std::min(first, g.pos(m));
     }
     const int last = g.pos(sr);
-    for (const ggml_tensor * in : { c.src, c.mu, c.scale, (const ggml_tensor *) sr->src[1] }) {
-        if (in && g.pos(turbo_graph::root(in)) >= first) {
+    std::vector<const ggml_tensor *> inputs = { c.src, sr->src[1] };
+    for (const ggml_tensor * p : { c.mu, c.scale }) {
+        if (p) {
+            inputs.push_back(p);
+        }
+    }
+    turbo_rope_inputs(c, inputs);
+    for (const ggml_tensor * in : inputs) {
+        if (g.pos(turbo_graph::root(in)) >= first) {
             return false;
         }
     }
@@ -495,18 +638,13 @@ bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, const int c
     cand.chain   = c;
     cand.first   = first;
     cand.members = members;
-    cand.reads   = { turbo_range(c.src), turbo_range(sr->src[1]) };
-    for (const ggml_tensor * p : { c.mu, c.scale }) {
-        if (p) {
-            cand.reads.emplace_back(p);
-        }
-    }
-    cand.writes = { turbo_range(cache) };
+    cand.reads   = std::vector<turbo_range>(inputs.begin(), inputs.end());
+    cand.writes  = { turbo_range(cache) };
     return true;
 }
 
-// Q: MUL -> hadamard MUL_MAT, with nothing but views between them
-bool turbo_plan_query(const turbo_graph & g, ggml_tensor * rot, turbo_candidate & cand) {
+// Q: [ROPE ->] MUL -> hadamard MUL_MAT, with nothing but views between them
+bool turbo_plan_query(const turbo_graph & g, ggml_tensor * rot, const int chains, turbo_candidate & cand) {
     const int n_rot = turbo_graph::hadamard_size(rot);
     if (n_rot == 0 || !ggml_is_contiguous(rot)) {
         return false;
@@ -516,25 +654,33 @@ bool turbo_plan_query(const turbo_graph & g, ggml_tensor * rot, turbo_candidate 
         !ggml_are_same_shape(x->src[0], x) || !turbo_per_channel(x->src[1], x, n_rot)) {
         return false;
     }
-    for (int i = g.pos(x) + 1; i < g.pos(rot); ++i) {
-        if (!ggml_op_is_empty(g.cgraph->nodes[i]->op)) {
+    ggml_cuda_turbo_chain & c = cand.chain;
+    c.end   = rot;
+    c.src   = x->src[0];
+    c.scale = x->src[1];
+    c.n_rot = n_rot;
+    cand.members = { x, rot };
+    if (turbo_rope_joins(g, c.src, n_rot, chains)) {
+        c.rope = c.src;
+        c.src  = c.rope->src[0];
+        cand.members.push_back(c.rope);
+    }
+    cand.first = g.pos(c.rope ? c.rope : x);
+    for (int i = cand.first + 1; i < g.pos(rot); ++i) {
+        if (!ggml_op_is_empty(g.cgraph->nodes[i]->op) && g.cgraph->nodes[i] != x) {
             return false;
         }
     }
     // each warp reads its group before writing it, so the output may be the input itself, but not
     // a shifted copy of it
-    if (x->src[0]->data != rot->data && turbo_range(x->src[0]).overlaps(turbo_range(rot))) {
+    if (!(c.src->data == rot->data && ggml_is_contiguous(c.src)) && turbo_range(c.src).overlaps(turbo_range(rot))) {
         return false;
     }
 
-    cand.chain.end   = rot;
-    cand.chain.src   = x->src[0];
-    cand.chain.scale = x->src[1];
-    cand.chain.n_rot = n_rot;
-    cand.first       = g.pos(x);
-    cand.members     = { x, rot };
-    cand.reads       = { turbo_range(x->src[0]), turbo_range(x->src[1]) };
-    cand.writes      = { turbo_range(rot) };
+    std::vector<const ggml_tensor *> inputs = { c.src, c.scale };
+    turbo_rope_inputs(c, inputs);
+    cand.reads  = std::vector<turbo_range>(inputs.begin(), inputs.end());
+    cand.writes = { turbo_range(rot) };
     return true;
 }
 
@@ -610,8 +756,8 @@ void ggml_cuda_turbo_fusion_plan(const ggml_cgraph * cgraph, ggml_cuda_turbo_fus
     }
     for (int i = 0; i < cgraph->n_nodes && (chains & 4); ++i) {
         turbo_candidate c;
-        if (!fused.count(cgraph->nodes[i]) && turbo_plan_query(g, cgraph->nodes[i], c) &&
-            !fused.count(c.members[0])) {
+        if (!fused.count(cgraph->nodes[i]) && turbo_plan_query(g, cgraph->nodes[i], chains, c) &&
+            std::none_of(c.members.begin(), c.members.end(), [&fused](const ggml_tensor * m) { return fused.count(m); })) {
             fused.insert(c.members.begin(), c.members.end());
             cands.push_back(std::move(c));
         }
@@ -646,5 +792,8 @@ void ggml_cuda_turbo_fusion_plan(const ggml_cgraph * cgraph, ggml_cuda_turbo_fus
     }
     // backend-check reads this line to know that the chains ran fused (each run is one launch: the
     // chains' first nodes differ)
-    GGML_LOG_DEBUG("%s: %zu TurboQuant chains fused, in %zu launches\n", __func__, cands.size(), plan.runs.size());
+    const size_t with_rope = std::count_if(cands.begin(), cands.end(),
+                                           [](const turbo_candidate & c) { return c.chain.rope != nullptr; });
+    GGML_LOG_DEBUG("%s: %zu TurboQuant chains fused, %zu with their RoPE, in %zu launches\n", __func__, cands.size(),
+                   with_rope, plan.runs.size());
 }

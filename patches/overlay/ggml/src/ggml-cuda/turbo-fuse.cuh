@@ -4,11 +4,12 @@
 // The graph every backend runs (llama-turbo.cpp, llama-graph.cpp) turns each layer's new keys,
 // values and queries into
 //
-//   K: SUB(k, mu) -> MUL(., scale) -> MUL_MAT(hadamard, .) -> SET_ROWS(turbo cache)
-//   V:                                MUL_MAT(hadamard, v) -> SET_ROWS(turbo cache)
-//   Q:               MUL(q, q_inv) -> MUL_MAT(hadamard, .) -> FLASH_ATTN_EXT
+//   K: [ROPE ->] SUB(k, mu) -> MUL(., scale) -> MUL_MAT(hadamard, .) -> SET_ROWS(turbo cache)
+//   V:                                         MUL_MAT(hadamard, v) -> SET_ROWS(turbo cache)
+//   Q: [ROPE ->]              MUL(q, q_inv) -> MUL_MAT(hadamard, .) -> FLASH_ATTN_EXT
 //
-// (with reshapes and views between them). On the GPU each of those nodes is a launch of a kernel
+// (with reshapes and views between them). The RoPE joins the chain when it turns whole heads in
+// ggml's normal or NeoX order and upstream does not already fuse it with the RMS norm before it. On the GPU each of those nodes is a launch of a kernel
 // that touches a few KiB while decoding, so together they cost more than the cache write itself.
 // Here a plan, made once per graph evaluation, finds these chains and runs each as one kernel:
 // for K and V the transform, the rotation and the quantization in one warp per 64-value block,
@@ -20,8 +21,8 @@
 // other consumer, so an eval callback that reads one of them, or a graph split between two
 // of them, keeps the unfused path. GGML_CUDA_DISABLE_FUSION=1 or GGML_CUDA_TURBO_FUSION=0
 // turns it off, GGML_CUDA_TURBO_FUSION=1, 2 or 4 fuses only the K, V or Q chains (sums combine
-// them), each in a launch of its own; adding 8 shares the launches (the default is 15), to
-// compare the paths in one build.
+// them), each in a launch of its own; adding 8 shares the launches and 16 lets the RoPE join
+// (the default is 31), to compare the paths in one build.
 
 #pragma once
 
@@ -33,7 +34,8 @@
 
 struct ggml_cuda_turbo_chain {
     const ggml_tensor * end   = nullptr; // SET_ROWS into a turbo cache, or the query's MUL_MAT
-    const ggml_tensor * src   = nullptr; // the values before the transform (contiguous f32)
+    const ggml_tensor * src   = nullptr; // the values before the chain (f32; contiguous unless rope reads it)
+    const ggml_tensor * rope  = nullptr; // the chain's first node, a ROPE of src, or null
     const ggml_tensor * mu    = nullptr; // subtracted per channel and head, or null
     const ggml_tensor * scale = nullptr; // multiplied per channel and head, or null
     int                 n_rot = 0;       // the Hadamard rotation's size
