@@ -314,7 +314,7 @@ impl RopeCase {
 
     /// `ggml_rope_ext` of x ([d, heads, tokens]) in f64: pair c of each head turns by
     /// pos·base^(−2c/d), with YaRN's blend of interpolation and extrapolation.
-    fn apply(&self, x: &[f32], d: i64, pos: &[i32], freq_factors: &[f32]) -> Vec<f32> {
+    fn apply(&self, x: &[f32], d: i64, pos: &[i32], freq_factors: Option<&[f32]>) -> Vec<f32> {
         let mut corr = [0f32; 2];
         // SAFETY: plain arithmetic that writes the two floats it is given.
         unsafe {
@@ -333,12 +333,8 @@ impl RopeCase {
         let mut out = x.to_vec();
         for (row, (xs, ys)) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
             let p = f64::from(pos[row / heads_per_token]);
-            for (c, &factor) in freq_factors.iter().enumerate().take(d / 2) {
-                let ff = if self.freq_factors {
-                    f64::from(factor)
-                } else {
-                    1.0
-                };
+            for c in 0..d / 2 {
+                let ff = freq_factors.map_or(1.0, |f| f64::from(f[c]));
                 let extrap = p * f64::from(self.freq_base).powf(-2.0 * c as f64 / d as f64) / ff;
                 let interp = f64::from(self.freq_scale) * extrap;
                 let (theta, mscale) = if self.ext_factor != 0.0 {
@@ -496,9 +492,8 @@ fn check_fused_chains(
             g.get::<f32>(q_rot)?,
         ))
     };
-    // "N TurboQuant chains fused, R with their RoPE, in M launches" (turbo-fuse.cu), the most of
-    // one graph's runs
-    // chains fused, of them with their RoPE, launches
+    // (chains fused, of them with their RoPE, launches), from the plan's log line "N TurboQuant
+    // chains fused, R with their RoPE, in M launches" (turbo-fuse.cu): the most of one graph's runs
     type Fusion = (usize, usize, usize);
     let fused_on_device = |with_rope: Option<bool>| -> Result<(Outputs, Fusion)> {
         let mark = logs::mark();
@@ -531,7 +526,7 @@ fn check_fused_chains(
             (
                 baseline,
                 fused,
-                rope.apply(&k, d, &pos, &freq_factors),
+                rope.apply(&k, d, &pos, rope.freq_factors.then_some(&freq_factors[..])),
                 "RoPE, ",
             )
         } else {
@@ -547,23 +542,22 @@ fn check_fused_chains(
             &transform_reference(&k_in, &mu, &k_scale, d * kv_heads),
             k_rot,
         )?;
-        for (name, base_cache, device_cache, reference) in [
-            (
-                format!("K: {prefix}transform, rotate, set-rows (fused)"),
-                &baseline.0,
-                &b.0,
-                &k_ref,
-            ),
-            (
+        let mut caches = vec![(
+            format!("K: {prefix}transform, rotate, set-rows (fused)"),
+            &baseline.0,
+            &b.0,
+            &k_ref,
+        )];
+        if !with_rope {
+            // V has no RoPE: the first pass checks it
+            caches.push((
                 "V: rotate, set-rows (fused)".to_string(),
                 &baseline.1,
                 &b.1,
                 &v_ref,
-            ),
-        ] {
-            if with_rope && name.starts_with("V:") {
-                continue; // V has no RoPE: the first pass checked it
-            }
+            ));
+        }
+        for (name, base_cache, device_cache, reference) in caches {
             checks.extend(compare_cache_blocks(
                 &name,
                 label,

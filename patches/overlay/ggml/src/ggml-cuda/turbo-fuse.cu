@@ -541,14 +541,32 @@ bool turbo_rope_joins(const turbo_graph & g, const ggml_tensor * t, const int n_
            (!ff || (ff->type == GGML_TYPE_F32 && ggml_is_contiguous(ff) && ff->ne[0] >= n_dims/2));
 }
 
-// what a chain reads besides its source: the RoPE's positions and frequency factors
-void turbo_rope_inputs(const ggml_cuda_turbo_chain & c, std::vector<const ggml_tensor *> & inputs) {
-    if (c.rope) {
-        inputs.push_back(c.rope->src[1]);
-        if (c.rope->src[2]) {
-            inputs.push_back(c.rope->src[2]);
+// Makes c start with the ROPE that its source is, when that RoPE may join (turbo_rope_joins).
+void turbo_take_rope(const turbo_graph & g, ggml_cuda_turbo_chain & c, std::vector<const ggml_tensor *> & members,
+                     const int chains) {
+    if (turbo_rope_joins(g, c.src, c.n_rot, chains)) {
+        c.rope = c.src;
+        c.src  = c.rope->src[0];
+        members.push_back(c.rope);
+    }
+}
+
+// what the chain's kernel reads, besides a cache write's row indices
+std::vector<const ggml_tensor *> turbo_chain_inputs(const ggml_cuda_turbo_chain & c) {
+    std::vector<const ggml_tensor *> inputs = { c.src };
+    for (const ggml_tensor * p : { c.mu, c.scale }) {
+        if (p) {
+            inputs.push_back(p);
         }
     }
+    if (c.rope) {
+        for (const ggml_tensor * p : { c.rope->src[1], c.rope->src[2] }) { // positions, frequency factors
+            if (p) {
+                inputs.push_back(p);
+            }
+        }
+    }
+    return inputs;
 }
 
 // K or V: [[ROPE ->] SUB -> MUL ->] hadamard MUL_MAT -> SET_ROWS into a turbo cache
@@ -584,11 +602,7 @@ bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, const int c
         c.scale = x->src[1];
         members.push_back(sub);
         members.push_back(x);
-        if (turbo_rope_joins(g, c.src, n_rot, chains)) {
-            c.rope = c.src;
-            c.src  = c.rope->src[0];
-            members.push_back(c.rope);
-        }
+        turbo_take_rope(g, c, members, chains);
     } else {
         if (!(chains & 2)) {
             return false;
@@ -607,13 +621,8 @@ bool turbo_plan_cache_write(const turbo_graph & g, ggml_tensor * sr, const int c
         first = std::min(first, g.pos(m));
     }
     const int last = g.pos(sr);
-    std::vector<const ggml_tensor *> inputs = { c.src, sr->src[1] };
-    for (const ggml_tensor * p : { c.mu, c.scale }) {
-        if (p) {
-            inputs.push_back(p);
-        }
-    }
-    turbo_rope_inputs(c, inputs);
+    std::vector<const ggml_tensor *> inputs = turbo_chain_inputs(c);
+    inputs.push_back(sr->src[1]);
     for (const ggml_tensor * in : inputs) {
         if (g.pos(turbo_graph::root(in)) >= first) {
             return false;
@@ -660,11 +669,7 @@ bool turbo_plan_query(const turbo_graph & g, ggml_tensor * rot, const int chains
     c.scale = x->src[1];
     c.n_rot = n_rot;
     cand.members = { x, rot };
-    if (turbo_rope_joins(g, c.src, n_rot, chains)) {
-        c.rope = c.src;
-        c.src  = c.rope->src[0];
-        cand.members.push_back(c.rope);
-    }
+    turbo_take_rope(g, c, cand.members, chains);
     cand.first = g.pos(c.rope ? c.rope : x);
     for (int i = cand.first + 1; i < g.pos(rot); ++i) {
         if (!ggml_op_is_empty(g.cgraph->nodes[i]->op) && g.cgraph->nodes[i] != x) {
@@ -677,8 +682,7 @@ bool turbo_plan_query(const turbo_graph & g, ggml_tensor * rot, const int chains
         return false;
     }
 
-    std::vector<const ggml_tensor *> inputs = { c.src, c.scale };
-    turbo_rope_inputs(c, inputs);
+    const std::vector<const ggml_tensor *> inputs = turbo_chain_inputs(c);
     cand.reads  = std::vector<turbo_range>(inputs.begin(), inputs.end());
     cand.writes = { turbo_range(rot) };
     return true;
