@@ -565,17 +565,145 @@ static __device__ __forceinline__ uint32_t turbo_decode_half2(const float lo, co
     return *(const uint32_t *) &h;
 }
 
+// The tensor-core kernel's codebook lookups. turbo4's 16 levels go through the warp, a shuffle per
+// value (fattn-turbo.cuh), and a pair of values becomes an f16x2 with one conversion. turbo3's and
+// turbo2's levels (8 and 4) are looked up in registers instead: the low bytes of their f16 values
+// fit in the two source words of one byte permute (PRMT), as do the high bytes, so a permute whose
+// selector nibbles are 4 codes gives their 4 low (or high) bytes, and a third permute pairs low and
+// high bytes into an f16x2 operand. That is 1 integer instruction per value where the shuffle path
+// takes a shuffle and half a conversion, and it leaves the shuffle unit, which the decode is bound
+// by at long context, to the softmax.
+template <ggml_type type>
+static constexpr __host__ __device__ bool turbo_decode_prmt_lookup() {
+    return type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO2;
+}
+
+struct turbo_decode_prmt_table {
+    uint32_t lo[2]; // low byte of the f16 value of level c at byte c % 4 of lo[c / 4]
+    uint32_t hi[2]; // high byte
+};
+
+// (made for any type, so that the kernel can build it unconditionally; unused for turbo4)
+template <ggml_type type>
+static __device__ __forceinline__ turbo_decode_prmt_table turbo_decode_make_prmt_table() {
+    turbo_decode_prmt_table table = {{0, 0}, {0, 0}};
+#pragma unroll
+    for (int c = 0; c < 8; ++c) {
+        const uint32_t bits = __half_as_ushort(__float2half_rn(turbo_codebook<type>()[c % turbo_levels<type>()]));
+        table.lo[c / 4] |= (bits & 0xFF) << (8*(c % 4));
+        table.hi[c / 4] |= (bits >> 8)   << (8*(c % 4));
+    }
+    return table;
+}
+
+// The f16 values of the codes in the 4 nibbles of sel (bits 15:0, each nibble's bit 3 clear: a set
+// one would make PRMT replicate a sign bit), as two f16x2: nibbles (0, 1) and (2, 3) for pairs of one
+// row (pair_lo = 0x5140, pair_hi = 0x7362), nibbles (0, 2) and (1, 3) for pairs across two rows
+// whose codes alternate by byte (0x6240, 0x7351).
+template <uint32_t pair_lo, uint32_t pair_hi>
+static __device__ __forceinline__ void turbo_decode_prmt_lookup4(
+        const turbo_decode_prmt_table & table, const uint32_t sel, uint32_t & v_lo, uint32_t & v_hi) {
+    const uint32_t L = __byte_perm(table.lo[0], table.lo[1], sel);
+    const uint32_t H = __byte_perm(table.hi[0], table.hi[1], sel);
+    v_lo = __byte_perm(L, H, pair_lo);
+    v_hi = __byte_perm(L, H, pair_hi);
+}
+
+// 4 bytes of shared memory at an address that is 4-byte aligned if `aligned`, else 2-byte aligned
+static __device__ __forceinline__ uint32_t turbo_decode_load_u32(const uint8_t * p, const bool aligned) {
+    if (aligned) {
+        return *(const uint32_t *) p;
+    } else {
+        return __byte_perm(turbo_fattn_load_u16(p), turbo_fattn_load_u16(p + 2), 0x5410);
+    }
+}
+
+// turbo3 and turbo2 K codes as nibbles: thread t of a row takes qs bytes 4t..4t+3 of a block, the 16
+// values 4t + j + 16k (j, k < 4); byte j of w[0] holds the codes of values 4t + j (bits 3:0) and
+// 4t + j + 32 (bits 7:4), byte j of w[1] those of 4t + j + 16 and 4t + j + 48. `aligned`: the
+// block's qs and qh are 4-byte aligned.
+template <ggml_type type>
+static __device__ __forceinline__ void turbo_decode_K_nibbles(const char * GGML_CUDA_RESTRICT blk, const int t, const bool aligned, uint32_t (&w)[2]) {
+    if constexpr (type == GGML_TYPE_TURBO3) {
+        const block_turbo3 * x = (const block_turbo3 *) blk;
+        const uint32_t q  = turbo_decode_load_u32(x->qs + 4*t, aligned);
+        // byte j, bit 2k: the high bit of the code of value 4t + j + 16k (qh[m % 8] bit 2k + m/8 for m = 4t + j)
+        const uint32_t hs = (turbo_decode_load_u32(x->qh + 4*(t % 2), aligned) >> (t / 2)) & 0x55555555;
+        w[0] = (q        & 0x33333333) | ((hs << 2) & 0x44444444);
+        w[1] = ((q >> 2) & 0x33333333) | (hs        & 0x44444444);
+    } else {
+        static_assert(type == GGML_TYPE_TURBO2, "no register lookup for this type");
+        const uint32_t q = turbo_decode_load_u32(((const block_turbo2 *) blk)->qs + 4*t, aligned);
+        w[0] = q        & 0x33333333;
+        w[1] = (q >> 2) & 0x33333333;
+    }
+}
+
+// turbo3 and turbo2 V codes of two rows as nibbles: thread g takes qs bytes 2g, 2g + 1 of a block, the
+// 8 values 2g + j + 16k (j < 2, k < 4), of rows r and r1 in alternate bytes: byte 2j + (0 for r, 1 for
+// r1) of w[0] holds the codes of values 2g + j (bits 3:0) and 2g + j + 32 (bits 7:4), of w[1] those
+// of 2g + j + 16 and 2g + j + 48.
+template <ggml_type type>
+static __device__ __forceinline__ void turbo_decode_V_nibbles(
+        const char * GGML_CUDA_RESTRICT blk_r, const char * GGML_CUDA_RESTRICT blk_r1, const int g, uint32_t (&w)[2]) {
+    if constexpr (type == GGML_TYPE_TURBO3) {
+        const block_turbo3 * x  = (const block_turbo3 *) blk_r;
+        const block_turbo3 * x1 = (const block_turbo3 *) blk_r1;
+        const uint32_t q  = __byte_perm(turbo_fattn_load_u16(x->qs + 2*g), turbo_fattn_load_u16(x1->qs + 2*g), 0x5140);
+        const uint32_t h  = __byte_perm(turbo_fattn_load_u16(x->qh + (2*g) % 8), turbo_fattn_load_u16(x1->qh + (2*g) % 8), 0x5140);
+        // byte 2j (+1), bit 2k: the high bit of the code of value 2g + j + 16k (qh[m % 8] bit 2k + m/8 for m = 2g + j)
+        const uint32_t hs = (h >> (g / 4)) & 0x55555555;
+        w[0] = (q        & 0x33333333) | ((hs << 2) & 0x44444444);
+        w[1] = ((q >> 2) & 0x33333333) | (hs        & 0x44444444);
+    } else {
+        static_assert(type == GGML_TYPE_TURBO2, "no register lookup for this type");
+        const uint32_t q = __byte_perm(turbo_fattn_load_u16(((const block_turbo2 *) blk_r)->qs + 2*g),
+                                       turbo_fattn_load_u16(((const block_turbo2 *) blk_r1)->qs + 2*g), 0x5140);
+        w[0] = q        & 0x33333333;
+        w[1] = (q >> 2) & 0x33333333;
+    }
+}
+
+// The value (0..63 within a block) that k-step sl (0..3) of a K block gives thread t at A's column
+// 2t + 8h + e (h, e < 2), and so the query value that B must hold there.
+template <ggml_type type>
+static __device__ __forceinline__ int turbo_decode_K_pos(const int sl, const int t, const int h, const int e) {
+    if constexpr (turbo_decode_prmt_lookup<type>()) {
+        return 4*t + 2*(sl % 2) + h + 16*(sl / 2) + 32*e;
+    } else {
+        return turbo_decode_slice_pos<type>(4*sl + t, 2*h + e);
+    }
+}
+
+// The value (0..63 within a block) of the output that thread (g, t) holds in m-tile u (0..3) of a
+// block at accumulator i (0..3): row g of the tile for i < 2, row g + 8 for the others.
+template <ggml_type type>
+static __device__ __forceinline__ int turbo_decode_V_pos(const int g, const int u, const int i) {
+    if constexpr (turbo_decode_prmt_lookup<type>()) {
+        return 2*g + (u % 2) + 16*(u / 2) + 32*(i / 2);
+    } else {
+        return turbo_decode_slice_pos<type>(g + 8*(u / 2), 2*(u % 2) + i / 2);
+    }
+}
+
 // The same decode on tensor cores (Turing and newer). The codes become f16 fragments of m16n8k16
 // products, so the per-head multiply-adds of the kernel above (4 per value with 4 heads) become a
-// fraction of one tensor-core instruction, and a value costs its lookup and half a pack.
-//   K·Q: S[rows x heads] = K[rows x D] · Q^T. A k-step of 16 takes, in thread (g, t), the 4 codes of
-//        slice 4 s + t of a block (turbo_decode_slice_codes) for rows g and g + 8, so the dimensions are
-//        taken in the order of the codes; the query's B fragment is loaded in the same order. A
-//        block's 4 k-steps accumulate apart and are scaled by the rows' block scales at the end.
+// fraction of one tensor-core instruction, and a value costs its lookup: a byte permute for turbo3
+// and turbo2, a shuffle and half a pack for turbo4 (turbo_decode_prmt_lookup).
+//   K·Q: S[rows x heads] = K[rows x D] · Q^T. The dimensions are taken in the order of the codes
+//        (turbo_decode_K_pos), and the query's B fragment is loaded in the same order: for turbo4 a
+//        k-step of 16 takes, in thread (g, t), the 4 codes of slice 4 s + t of a block
+//        (turbo_decode_slice_codes) for rows g and g + 8; for turbo3 and turbo2 the thread's 16
+//        codes of a block and row are one 4-byte run of qs (turbo_decode_K_nibbles), a quarter of
+//        them per k-step. A block's 4 k-steps accumulate apart and are scaled by the rows' block
+//        scales at the end.
 //   V:   O^T[D x heads] += V^T[D x rows] · (P ⊙ d)[rows x heads]: the block scale of each V row is
-//        folded into the probabilities (the B fragment), so A holds bare codebook values. M-tiles
-//        2 p and 2 p + 1 of a block take slice g + 8 p of rows 2t, 2t + 1, 2t + 8, 2t + 9: codes 0
-//        and 1 go to rows g and g + 8 of the first, codes 2 and 3 to the second.
+//        folded into the probabilities (the B fragment), so A holds bare codebook values. A's
+//        registers pair two rows (2t and 2t + 1, or 2t + 8 and 2t + 9) of one dimension. For turbo4,
+//        m-tiles 2 p and 2 p + 1 of a block take slice g + 8 p of the 4 rows: codes 0 and 1 go to
+//        rows g and g + 8 of the first, codes 2 and 3 to the second. For turbo3 and turbo2 thread g
+//        takes qs bytes 2g, 2g + 1 of each row, two rows' bytes interleaved so that one permute
+//        pairs them (turbo_decode_V_nibbles); the output's dimensions follow turbo_decode_V_pos.
 // The probabilities go from the accumulator layout (rows by heads) to the B layout (heads by
 // rows) through shared memory. Heads beyond ncols (the product's N is 8) have a zero query and
 // are not written. Staging, the softmax's offset, the warps' merge and the split combine are those
@@ -663,11 +791,10 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
 #pragma unroll
     for (int s = 0; s < D/16; ++s) {
         const int b = s / 4;
-        const int m = 4*(s % 4) + t;
         float q[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            q[k] = g < ncols_used ? scale*((const float *) (Q + g*nb02))[b*QK_TURBO + turbo_decode_slice_pos<type_K>(m, k)] : 0.0f;
+            q[k] = g < ncols_used ? scale*((const float *) (Q + g*nb02))[b*QK_TURBO + turbo_decode_K_pos<type_K>(s % 4, t, k / 2, k % 2)] : 0.0f;
         }
         Q_B[s][0] = turbo_decode_half2(q[0], q[1]);
         Q_B[s][1] = turbo_decode_half2(q[2], q[3]);
@@ -675,6 +802,8 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
 
     const float cb_K = turbo_codebook_lane<type_K>(lane);
     const float cb_V = turbo_codebook_lane<type_V>(lane);
+    const turbo_decode_prmt_table table_K = turbo_decode_make_prmt_table<type_K>();
+    const turbo_decode_prmt_table table_V = turbo_decode_make_prmt_table<type_V>();
 
     // the step's K and V rows; the warps' outputs at the end (combine_shared)
     constexpr int tile_bytes    = nrows*(K_row_bytes + V_row_bytes);
@@ -716,19 +845,35 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
 #pragma unroll
             for (int b = 0; b < blocks_per_row; ++b) {
                 float C[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                if constexpr (turbo_decode_prmt_lookup<type_K>()) {
+                    // k-step sl takes bytes 2 (sl % 2), +1 of w[sl / 2]: A's columns 2t, 2t + 1 the first, 2t + 8, 2t + 9 the second
+                    const bool aligned = K_row_bytes % 4 == 0 && (b*K_block_size + 2) % 4 == 0;
+                    uint32_t w_lo[2];
+                    uint32_t w_hi[2];
+                    turbo_decode_K_nibbles<type_K>(K_lo + b*K_block_size, t, aligned, w_lo);
+                    turbo_decode_K_nibbles<type_K>(K_hi + b*K_block_size, t, aligned, w_hi);
 #pragma unroll
-                for (int sl = 0; sl < 4; ++sl) {
-                    int lo[4];
-                    int hi[4];
-                    turbo_decode_slice_codes<type_K>(K_lo + b*K_block_size, 4*sl + t, lo);
-                    turbo_decode_slice_codes<type_K>(K_hi + b*K_block_size, 4*sl + t, hi);
-                    const uint32_t A[4] = {
-                        turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, lo[0], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, lo[1], WARP_SIZE)),
-                        turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, hi[0], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, hi[1], WARP_SIZE)),
-                        turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, lo[2], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, lo[3], WARP_SIZE)),
-                        turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, hi[2], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, hi[3], WARP_SIZE)),
-                    };
-                    turbo_decode_mma(C, A, Q_B[4*b + sl]);
+                    for (int sl = 0; sl < 4; ++sl) {
+                        uint32_t A[4];
+                        turbo_decode_prmt_lookup4<0x5140, 0x7362>(table_K, w_lo[sl / 2] >> (16*(sl % 2)), A[0], A[2]);
+                        turbo_decode_prmt_lookup4<0x5140, 0x7362>(table_K, w_hi[sl / 2] >> (16*(sl % 2)), A[1], A[3]);
+                        turbo_decode_mma(C, A, Q_B[4*b + sl]);
+                    }
+                } else {
+#pragma unroll
+                    for (int sl = 0; sl < 4; ++sl) {
+                        int lo[4];
+                        int hi[4];
+                        turbo_decode_slice_codes<type_K>(K_lo + b*K_block_size, 4*sl + t, lo);
+                        turbo_decode_slice_codes<type_K>(K_hi + b*K_block_size, 4*sl + t, hi);
+                        const uint32_t A[4] = {
+                            turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, lo[0], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, lo[1], WARP_SIZE)),
+                            turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, hi[0], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, hi[1], WARP_SIZE)),
+                            turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, lo[2], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, lo[3], WARP_SIZE)),
+                            turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_K, hi[2], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_K, hi[3], WARP_SIZE)),
+                        };
+                        turbo_decode_mma(C, A, Q_B[4*b + sl]);
+                    }
                 }
                 const float d_lo = __half2float(*(const half *) (K_lo + b*K_block_size)); // every turbo block starts with its scale
                 const float d_hi = __half2float(*(const half *) (K_hi + b*K_block_size));
@@ -807,22 +952,37 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
                     d[i] = __half2float(*(const half *) (V_rows[i] + b*V_block_size));
                 }
                 const uint32_t B[2] = {turbo_decode_half2(p[0]*d[0], p[1]*d[1]), turbo_decode_half2(p[2]*d[2], p[3]*d[3])};
+                if constexpr (turbo_decode_prmt_lookup<type_V>()) {
+                    // m-tile u takes bytes 2 (u % 2), +1 of w[u / 2] of both row pairs (turbo_decode_V_pos)
+                    uint32_t w_01[2]; // rows 2t, 2t + 1
+                    uint32_t w_89[2]; // rows 2t + 8, 2t + 9
+                    turbo_decode_V_nibbles<type_V>(V_rows[0] + b*V_block_size, V_rows[1] + b*V_block_size, g, w_01);
+                    turbo_decode_V_nibbles<type_V>(V_rows[2] + b*V_block_size, V_rows[3] + b*V_block_size, g, w_89);
 #pragma unroll
-                for (int pp = 0; pp < 2; ++pp) {
-                    int c[4][4];
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        turbo_decode_slice_codes<type_V>(V_rows[i] + b*V_block_size, g + 8*pp, c[i]);
+                    for (int u = 0; u < 4; ++u) {
+                        uint32_t A[4];
+                        turbo_decode_prmt_lookup4<0x6240, 0x7351>(table_V, w_01[u / 2] >> (16*(u % 2)), A[0], A[1]);
+                        turbo_decode_prmt_lookup4<0x6240, 0x7351>(table_V, w_89[u / 2] >> (16*(u % 2)), A[2], A[3]);
+                        turbo_decode_mma(VKQ[b][u], A, B);
                     }
+                } else {
 #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        const uint32_t A[4] = {
-                            turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_V, c[0][2*h],     WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_V, c[1][2*h],     WARP_SIZE)),
-                            turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_V, c[0][2*h + 1], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_V, c[1][2*h + 1], WARP_SIZE)),
-                            turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_V, c[2][2*h],     WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_V, c[3][2*h],     WARP_SIZE)),
-                            turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_V, c[2][2*h + 1], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_V, c[3][2*h + 1], WARP_SIZE)),
-                        };
-                        turbo_decode_mma(VKQ[b][2*pp + h], A, B);
+                    for (int pp = 0; pp < 2; ++pp) {
+                        int c[4][4];
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) {
+                            turbo_decode_slice_codes<type_V>(V_rows[i] + b*V_block_size, g + 8*pp, c[i]);
+                        }
+#pragma unroll
+                        for (int h = 0; h < 2; ++h) {
+                            const uint32_t A[4] = {
+                                turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_V, c[0][2*h],     WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_V, c[1][2*h],     WARP_SIZE)),
+                                turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_V, c[0][2*h + 1], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_V, c[1][2*h + 1], WARP_SIZE)),
+                                turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_V, c[2][2*h],     WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_V, c[3][2*h],     WARP_SIZE)),
+                                turbo_decode_half2(__shfl_sync(0xFFFFFFFF, cb_V, c[2][2*h + 1], WARP_SIZE), __shfl_sync(0xFFFFFFFF, cb_V, c[3][2*h + 1], WARP_SIZE)),
+                            };
+                            turbo_decode_mma(VKQ[b][2*pp + h], A, B);
+                        }
                     }
                 }
             }
@@ -875,7 +1035,7 @@ static __global__ void flash_attn_ext_turbo_decode_mma(
             for (int i = 0; i < 4; ++i) {
                 const int j = 2*t + i % 2;
                 if (j < ncols) {
-                    const int dim = b*QK_TURBO + turbo_decode_slice_pos<type_V>(g + 8*(u / 2), 2*(u % 2) + i / 2);
+                    const int dim = b*QK_TURBO + turbo_decode_V_pos<type_V>(g, u, i);
                     VKQ_shared[warp][j][dim] = VKQ[b][u][i];
                 }
             }
