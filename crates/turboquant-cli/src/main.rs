@@ -73,10 +73,27 @@ fn llama_style_args() -> Vec<String> {
         .collect()
 }
 
+/// A closed pipe on stdout (`turboquant document | head`) ends the process quietly, as it does any
+/// Unix tool, instead of making Rust's next print panic; Rust ignores SIGPIPE unless told otherwise.
+#[cfg(unix)]
+fn restore_default_sigpipe() {
+    // SAFETY: called first thing in main, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    restore_default_sigpipe();
     let cli = Cli::parse_from(llama_style_args());
     if cli.verbose {
         llama::echo_llama_log();
+    }
+    if let Err(e) = llama::cuda_switches::check_env() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
     }
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),

@@ -166,3 +166,43 @@ fn a_text_shorter_than_one_chunk() {
     ]);
     assert!(err.contains("fewer than one chunk"), "{err}");
 }
+
+#[test]
+fn an_unknown_value_of_a_cuda_switch() {
+    for (var, value) in [
+        ("GGML_CUDA_TURBO_DECODE", "rows64"),
+        ("GGML_CUDA_TURBO_FUSION", "all"),
+    ] {
+        let out = turboquant()
+            .arg("document")
+            .env(var, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: {var}={value}: expected")),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "no work before the check");
+    }
+}
+
+#[test]
+fn a_reader_that_stops_early_is_no_crash() {
+    // more than a pipe holds, so the command is still writing when the reader goes away
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("turboquant"))
+        .args(["document", "--bytes", "1000000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 100];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}

@@ -2,6 +2,7 @@
 //! with a chosen KV-cache type, and what llama.cpp reports about their caches.
 
 pub mod cache_type;
+pub mod cuda_switches;
 pub mod gguf_file;
 pub mod logs;
 pub mod raw;

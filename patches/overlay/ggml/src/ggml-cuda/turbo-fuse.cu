@@ -420,9 +420,21 @@ bool ggml_cuda_turbo_fusion_run(ggml_backend_cuda_context & ctx, const ggml_cuda
 // runs a layer's fused chains in one launch; bit 4 lets the K and Q chains start with their RoPE
 static int turbo_fusion_chains() {
     static const int chains = [] {
-        const char * all   = getenv("GGML_CUDA_DISABLE_FUSION");
+        const char * all = getenv("GGML_CUDA_DISABLE_FUSION");
+        if (all && atoi(all)) {
+            return 0;
+        }
         const char * turbo = getenv("GGML_CUDA_TURBO_FUSION");
-        return all && atoi(all) ? 0 : turbo ? atoi(turbo) & 31 : 31;
+        if (turbo == nullptr) {
+            return 31;
+        }
+        // a value that is not one of the 32 would otherwise turn fusion off unnoticed
+        char * end = nullptr;
+        const long bits = strtol(turbo, &end, 10);
+        if (end == turbo || *end != '\0' || bits < 0 || bits > 31) {
+            GGML_ABORT("GGML_CUDA_TURBO_FUSION=%s: expected a number from 0 to 31 (bits: 1 K, 2 V, 4 Q, 8 one launch, 16 RoPE)", turbo);
+        }
+        return (int) bits;
     }();
     return chains;
 }
