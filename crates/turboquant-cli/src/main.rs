@@ -91,11 +91,7 @@ fn main() -> ExitCode {
     if cli.verbose {
         llama::echo_llama_log();
     }
-    if let Err(e) = llama::cuda_switches::check_env() {
-        eprintln!("error: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    let result = match cli.command {
+    let result = llama::cuda_switches::check_env().and_then(|()| match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Perplexity(args) => commands::perplexity::run(args),
         Command::Bench(args) => commands::bench::run(args),
@@ -109,7 +105,7 @@ fn main() -> ExitCode {
         Command::Document(args) => commands::document::run(args),
         Command::Synth(args) => commands::synth::run(args),
         Command::BackendCheck(args) => commands::backend_check::run(args),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

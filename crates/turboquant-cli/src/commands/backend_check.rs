@@ -520,7 +520,7 @@ fn check_fused_chains(
     let rope_label = format!("RoPE ({}) apart", rope.describe());
     for with_rope in [false, true] {
         // the baseline: the CPU, or the device with the RoPE run apart
-        let (baseline, (b, fusion), k_in, prefix) = if with_rope {
+        let (baseline, (b, fusion), k_in, prefix, label) = if with_rope {
             let baseline = graph(device, Some(false))?;
             let fused = fused_on_device(Some(true))?;
             (
@@ -528,14 +528,16 @@ fn check_fused_chains(
                 fused,
                 rope.apply(&k, d, &pos, rope.freq_factors.then_some(&freq_factors[..])),
                 "RoPE, ",
+                rope_label.as_str(),
             )
         } else {
-            (graph(cpu, None)?, fused_on_device(None)?, k.clone(), "")
-        };
-        let label = if with_rope {
-            rope_label.as_str()
-        } else {
-            "CPU"
+            (
+                graph(cpu, None)?,
+                fused_on_device(None)?,
+                k.clone(),
+                "",
+                "CPU",
+            )
         };
         // what the cache should hold: the transform and the rotation
         let k_ref = rotate_reference(

@@ -619,6 +619,14 @@ static __device__ __forceinline__ uint32_t turbo_decode_load_u32(const uint8_t *
     }
 }
 
+// The codes of q (four 2-bit fields a byte, code k at bits 2k) with turbo3's high bits hs (bit 2k of
+// each byte, every other bit clear; 0 for turbo2) as nibbles: byte j of w[0] holds codes 0 and 2 of
+// byte j of q (bits 3:0 and 7:4), byte j of w[1] codes 1 and 3.
+static __device__ __forceinline__ void turbo_decode_nibbles(const uint32_t q, const uint32_t hs, uint32_t (&w)[2]) {
+    w[0] = (q        & 0x33333333) | ((hs << 2) & 0x44444444);
+    w[1] = ((q >> 2) & 0x33333333) | (hs        & 0x44444444);
+}
+
 // turbo3 and turbo2 K codes as nibbles: thread t of a row takes qs bytes 4t..4t+3 of a block, the 16
 // values 4t + j + 16k (j, k < 4); byte j of w[0] holds the codes of values 4t + j (bits 3:0) and
 // 4t + j + 32 (bits 7:4), byte j of w[1] those of 4t + j + 16 and 4t + j + 48. `aligned`: the
@@ -630,13 +638,10 @@ static __device__ __forceinline__ void turbo_decode_K_nibbles(const char * GGML_
         const uint32_t q  = turbo_decode_load_u32(x->qs + 4*t, aligned);
         // byte j, bit 2k: the high bit of the code of value 4t + j + 16k (qh[m % 8] bit 2k + m/8 for m = 4t + j)
         const uint32_t hs = (turbo_decode_load_u32(x->qh + 4*(t % 2), aligned) >> (t / 2)) & 0x55555555;
-        w[0] = (q        & 0x33333333) | ((hs << 2) & 0x44444444);
-        w[1] = ((q >> 2) & 0x33333333) | (hs        & 0x44444444);
+        turbo_decode_nibbles(q, hs, w);
     } else {
         static_assert(type == GGML_TYPE_TURBO2, "no register lookup for this type");
-        const uint32_t q = turbo_decode_load_u32(((const block_turbo2 *) blk)->qs + 4*t, aligned);
-        w[0] = q        & 0x33333333;
-        w[1] = (q >> 2) & 0x33333333;
+        turbo_decode_nibbles(turbo_decode_load_u32(((const block_turbo2 *) blk)->qs + 4*t, aligned), 0, w);
     }
 }
 
@@ -653,15 +658,12 @@ static __device__ __forceinline__ void turbo_decode_V_nibbles(
         const uint32_t q  = __byte_perm(turbo_fattn_load_u16(x->qs + 2*g), turbo_fattn_load_u16(x1->qs + 2*g), 0x5140);
         const uint32_t h  = __byte_perm(turbo_fattn_load_u16(x->qh + (2*g) % 8), turbo_fattn_load_u16(x1->qh + (2*g) % 8), 0x5140);
         // byte 2j (+1), bit 2k: the high bit of the code of value 2g + j + 16k (qh[m % 8] bit 2k + m/8 for m = 2g + j)
-        const uint32_t hs = (h >> (g / 4)) & 0x55555555;
-        w[0] = (q        & 0x33333333) | ((hs << 2) & 0x44444444);
-        w[1] = ((q >> 2) & 0x33333333) | (hs        & 0x44444444);
+        turbo_decode_nibbles(q, (h >> (g / 4)) & 0x55555555, w);
     } else {
         static_assert(type == GGML_TYPE_TURBO2, "no register lookup for this type");
         const uint32_t q = __byte_perm(turbo_fattn_load_u16(((const block_turbo2 *) blk_r)->qs + 2*g),
                                        turbo_fattn_load_u16(((const block_turbo2 *) blk_r1)->qs + 2*g), 0x5140);
-        w[0] = q        & 0x33333333;
-        w[1] = (q >> 2) & 0x33333333;
+        turbo_decode_nibbles(q, 0, w);
     }
 }
 

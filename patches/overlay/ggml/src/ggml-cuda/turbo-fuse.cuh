@@ -9,8 +9,9 @@
 //   Q: [ROPE ->]              MUL(q, q_inv) -> MUL_MAT(hadamard, .) -> FLASH_ATTN_EXT
 //
 // (with reshapes and views between them). The RoPE joins the chain when it turns whole heads in
-// ggml's normal or NeoX order and upstream does not already fuse it with the RMS norm before it. On the GPU each of those nodes is a launch of a kernel
-// that touches a few KiB while decoding, so together they cost more than the cache write itself.
+// ggml's normal or NeoX order and upstream does not already fuse it with the RMS norm before it.
+// On the GPU each of those nodes is a launch of a kernel that touches a few KiB while decoding, so
+// together they cost more than the cache write itself.
 // Here a plan, made once per graph evaluation, finds these chains and runs each as one kernel:
 // for K and V the transform, the rotation and the quantization in one warp per 64-value block,
 // for Q the transform and the rotation. A layer's chains then share one launch, at the first node
