@@ -48,15 +48,32 @@ static __device__ __forceinline__ float turbo_codebook_lane(const unsigned int l
     return turbo_codebook<type>()[lane % turbo_levels<type>()];
 }
 
-// Index of the nearest level: the boundaries are read in the same order by every thread.
+// Index of the nearest level: the number of boundaries strictly below y, as the reference counts
+// it (ggml-turbo.c). The boundaries are symmetric about the middle one, 0, so with 8 or 16 levels
+// only the positive half is compared: y > 0 is past the middle and past the positive boundaries
+// below it; y <= 0 is below the middle by the positive boundaries not above |y|, which are those
+// below the next float after |y| (one integer add; y is finite here). turbo4's 15 compares
+// become 7.
 template <int levels>
 static __device__ __forceinline__ int turbo_nearest(const float y, const float * boundaries) {
-    int idx = 0;
+    if constexpr (levels < 8) {
+        int idx = 0;
 #pragma unroll
-    for (int k = 0; k < levels - 1; ++k) {
-        idx += y > boundaries[k];
+        for (int k = 0; k < levels - 1; ++k) {
+            idx += y > boundaries[k];
+        }
+        return idx;
+    } else {
+        constexpr int half = levels/2; // boundaries[half - 1] == 0
+        const bool  above  = y > 0.0f;
+        const float a      = above ? y : __int_as_float(__float_as_int(fabsf(y)) + 1);
+        int n = 0;
+#pragma unroll
+        for (int k = half; k < levels - 1; ++k) {
+            n += a > boundaries[k];
+        }
+        return above ? half + n : half - 1 - n;
     }
-    return idx;
 }
 
 // One step of turbo_warp_sum_transposed: the lanes with bit `offset` set keep the upper half of the
