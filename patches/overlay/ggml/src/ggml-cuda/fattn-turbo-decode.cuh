@@ -108,10 +108,12 @@ static __device__ __forceinline__ float turbo_decode_reduce_KQ(float (&sum)[ncol
 }
 
 // Copies nrows rows of row_bytes each (global, `stride` apart) to consecutive rows in shared
-// memory with nthreads threads: thread i copies word i of every run of nthreads words, so
-// neighbouring threads read neighbouring words. 4-byte words go asynchronously (cp.async, no
-// registers held; the caller waits with turbo_decode_stage_wait); 2-byte words through registers,
-// every load issued before the first store.
+// memory with nthreads threads. 4-byte words go asynchronously (cp.async, no registers held; the
+// caller waits with turbo_decode_stage_wait): thread i copies word i % words_per_row of rows
+// i / words_per_row, + rows_per_pass, + 2 rows_per_pass ..., so that neighbouring threads read
+// neighbouring words and one copy's addresses are the last one's plus constants (about an add per
+// copy; a running word index took 24 instructions a copy, 40% of the tensor-core kernel's). 2-byte
+// words go through registers, every load issued before the first store.
 template <typename word_t, int row_bytes, int nrows, int nthreads>
 static __device__ __forceinline__ void turbo_decode_stage_rows(
         char * GGML_CUDA_RESTRICT dst, const char * GGML_CUDA_RESTRICT src, const int64_t stride, const int tid) {
@@ -121,22 +123,23 @@ static __device__ __forceinline__ void turbo_decode_stage_rows(
     constexpr int niter         = (nwords + nthreads - 1) / nthreads;
 #ifdef CP_ASYNC_AVAILABLE
     if constexpr (sizeof(word_t) == 4) {
-        // not unrolled: the addresses of every word at once would take the registers of the kernel
-        const unsigned int dst_shared = __cvta_generic_to_shared(dst) + 4*tid;
-        int row = tid / words_per_row;
-        int col = tid % words_per_row;
-#pragma unroll 1
-        for (int i = 0; i < niter; ++i) {
-            if (nwords % nthreads != 0 && i*nthreads + tid >= nwords) {
-                break;
-            }
-            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;"
-                : : "r"(dst_shared + 4*nthreads*i), "l"(src + row*stride + 4*col));
-            row += nthreads / words_per_row;
-            col += nthreads % words_per_row;
-            if (col >= words_per_row) {
-                col -= words_per_row;
-                ++row;
+        constexpr int rows_per_pass = nthreads / words_per_row; // the threads beyond rows_per_pass*words_per_row idle
+        constexpr int npass         = (nrows + rows_per_pass - 1) / rows_per_pass;
+        static_assert(rows_per_pass >= 1, "a row of at most nthreads words");
+        const int row = tid / words_per_row;
+        const int col = tid % words_per_row;
+        if (row < rows_per_pass) {
+            const unsigned int dst_shared = __cvta_generic_to_shared(dst) + row*row_bytes + 4*col;
+            const char * src_word = src + row*stride + 4*col;
+            const int64_t pass_stride = rows_per_pass*stride;
+#pragma unroll
+            for (int k = 0; k < npass; ++k) {
+                if (nrows % rows_per_pass != 0 && k == npass - 1 && row + k*rows_per_pass >= nrows) {
+                    break;
+                }
+                asm volatile("cp.async.ca.shared.global [%0], [%1], 4;"
+                    : : "r"(dst_shared + k*rows_per_pass*row_bytes), "l"(src_word));
+                src_word += pass_stride;
             }
         }
     } else
