@@ -15,6 +15,10 @@
 #                                run turboquant ARGS... under the kernel tracer (trace/): time per
 #                                generated token, by kernel, in $OUT/trace-NAME.{txt,json}; TOKENS
 #                                is how many tokens the run generates after its last prompt batch
+#   remote.sh trace-prompt NAME ARGS...
+#                                the same for a prompt batch: ARGS a bench with -n 0 and
+#                                --kv-quant f16,TYPE; kernel time of the last batch, f16 against
+#                                TYPE, in $OUT/trace-NAME.txt (trace/prompt_batch.py)
 #   remote.sh ARGS...            build if needed, then run turboquant ARGS...
 set -euo pipefail
 W=${TQ_WORK:-/tmp/tq}
@@ -47,6 +51,25 @@ build() {
   } > "$W/build.log" 2>&1 || status=$?
   touch "$W/build.done"
   if [ $status -ne 0 ]; then grep -m20 -B2 -A8 "error" "$W/build.log" || tail -50 "$W/build.log"; exit 1; fi
+}
+
+# runs turboquant ARGS... under the kernel tracer, the trace in $W/trace-NAME.tsv
+run_traced() {
+  local name=$1
+  shift
+  build
+  build_tracer
+  # no stale trace of an earlier run of the same name may be summarized
+  rm -f "$W/trace-$name.tsv"
+  local status=0
+  CUDA_INJECTION64_PATH="$W/libkernel_trace.so" KERNEL_TRACE_OUT="$W/trace-$name.tsv" tq "$@" \
+    > "$W/trace-$name.log" 2>&1 || status=$?
+  tail -20 "$W/trace-$name.log" > "$out/trace-$name-run.txt"
+  if [ $status -ne 0 ]; then
+    cat "$out/trace-$name-run.txt" >&2
+    echo "trace: turboquant $* exited with $status" >&2
+    exit 1
+  fi
 }
 
 tq() {
@@ -116,24 +139,23 @@ case "${1:-}" in
       echo "usage: remote.sh trace NAME TOKENS ARGS... (ARGS: a turboquant command, e.g. bench ...)" >&2
       exit 2
     fi
-    build
-    build_tracer
     name=$2
     tokens=$3
     shift 3
-    # no stale trace of an earlier run of the same name may be summarized
-    rm -f "$W/trace-$name.tsv"
-    status=0
-    CUDA_INJECTION64_PATH="$W/libkernel_trace.so" KERNEL_TRACE_OUT="$W/trace-$name.tsv" tq "$@" \
-      > "$W/trace-$name.log" 2>&1 || status=$?
-    tail -20 "$W/trace-$name.log" > "$out/trace-$name-run.txt"
-    if [ $status -ne 0 ]; then
-      cat "$out/trace-$name-run.txt" >&2
-      echo "trace: turboquant $* exited with $status" >&2
-      exit 1
-    fi
+    run_traced "$name" "$@"
     python3 "$here/trace/summarize.py" "$W/trace-$name.tsv" --tokens "$tokens" \
       --command "remote.sh trace $name $tokens $*" --json "$out/trace-$name.json" | tee "$out/trace-$name.txt"
+    ;;
+  trace-prompt)
+    if [ $# -lt 3 ]; then
+      echo "usage: remote.sh trace-prompt NAME ARGS... (ARGS: bench ... -n 0 --kv-quant f16,TYPE)" >&2
+      exit 2
+    fi
+    name=$2
+    shift 2
+    run_traced "$name" "$@"
+    { echo "remote.sh trace-prompt $name $*"; python3 "$here/trace/prompt_batch.py" "$W/trace-$name.tsv"; } |
+      tee "$out/trace-$name.txt"
     ;;
   *)
     build

@@ -16,6 +16,7 @@ tokens; the tracer itself adds some of it).
 """
 
 import argparse
+import gzip
 import json
 import sys
 from collections import defaultdict
@@ -27,7 +28,7 @@ PREFILL_MARKERS = ("mul_mat_q<", "mul_mat_f<", "gemm", "flash_attn_ext_f16", "fl
 def load(path):
     events = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
                 try:
                     start, end, grid, block, regs, name = line.rstrip("\n").split("\t", 5)
