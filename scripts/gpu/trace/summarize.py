@@ -7,12 +7,12 @@ The trace is cut into runs, one per cache type (bench makes a new context for ev
 first): into pieces where the GPU idles for more than --gap-ms, then pieces that run the same
 attention kernels are joined again. In each run the decode window is everything after the last
 prompt-processing kernel (matrix-matrix products and the prefill attention kernels), so a bench
-with `-p 0` at one depth leaves the warm-up and the timed generations: N = n_gen * (repetitions +
-1). Runs with fewer kernels than N in their window (model load, calibration) are skipped. Prints,
-per run and kernel, the calls per token, the microseconds per token and per call that the kernel
-adds to the stream (from the later of its start and its predecessor's end), and its mean duration;
-then the totals, and the GPU's idle time per token (waiting for launches, and for the host between
-tokens; the tracer itself adds some of it).
+with `-p 0` at one depth leaves the two warm-ups and the timed generations: N = n_gen *
+(repetitions + 2). Runs with fewer kernels than N in their window (model load, calibration) are
+skipped. Prints, per run and kernel, the calls per token, the microseconds per token and per call
+that the kernel adds to the stream (from the later of its start and its predecessor's end), and
+its mean duration; then the totals, and the GPU's idle time per token (waiting for launches, and
+for the host between tokens; the tracer itself adds some of it).
 """
 
 import argparse
