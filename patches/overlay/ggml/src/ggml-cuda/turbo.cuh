@@ -309,26 +309,34 @@ static __device__ __forceinline__ void turbo_store_8(nv_bfloat16 * y, const floa
 }
 
 // Whole turbo blocks, stored one after another, to f32/f16/bf16 (the f16 copy of the cache that
-// the prefill's flash attention reads): a thread writes 8 consecutive values with 16-byte stores.
+// the prefill's flash attention reads): a thread writes 8 consecutive values, with 16-byte stores
+// where y is 16-byte aligned (ggml's buffers and pool allocations are; a view may not be).
 // ggml-cuda's generic converter writes 2 values a thread, 32 apart; at depth 32768 on an H100 that
 // took 86 µs per layer and tensor, about 0.9 TB/s.
 template <ggml_type type, typename dst_t>
-static __global__ void k_dequantize_turbo_cont(const void * vx, dst_t * y, const int64_t ngroups) {
+static __global__ void k_dequantize_turbo_cont(const void * vx, dst_t * y, const int64_t ngroups, const bool aligned) {
     const int64_t i = int64_t(blockIdx.x)*blockDim.x + threadIdx.x; // the group of 8 values
     if (i >= ngroups) {
         return;
     }
     float v[8];
     dequantize_turbo_8<type>(vx, i / 8, i % 8, v);
-    turbo_store_8(y + 8*i, v);
+    if (aligned) {
+        turbo_store_8(y + 8*i, v);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            y[8*i + k] = dst_t(v[k]);
+        }
+    }
 }
 
-// k values (whole blocks) of vx into y; y must be 16-byte aligned, as ggml's buffers and pool
-// allocations are
+// k values (whole blocks, as every turbo tensor holds) of vx into y
 template <ggml_type type, typename dst_t>
 static void dequantize_row_turbo_cuda(const void * vx, dst_t * y, const int64_t k, cudaStream_t stream) {
-    GGML_ASSERT(k % QK_TURBO == 0 && (uintptr_t) y % 16 == 0);
+    GGML_ASSERT(k % QK_TURBO == 0);
     const int64_t ngroups = k / 8;
     constexpr int block_size = 256;
-    k_dequantize_turbo_cont<type, dst_t><<<(ngroups + block_size - 1) / block_size, block_size, 0, stream>>>(vx, y, ngroups);
+    k_dequantize_turbo_cont<type, dst_t><<<(ngroups + block_size - 1) / block_size, block_size, 0, stream>>>(
+        vx, y, ngroups, (uintptr_t) y % 16 == 0);
 }
