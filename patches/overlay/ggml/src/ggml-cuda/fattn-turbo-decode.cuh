@@ -111,9 +111,10 @@ static __device__ __forceinline__ float turbo_decode_reduce_KQ(float (&sum)[ncol
 // memory with nthreads threads. 4-byte words go asynchronously (cp.async, no registers held; the
 // caller waits with turbo_decode_stage_wait): thread i copies word i % words_per_row of rows
 // i / words_per_row, + rows_per_pass, + 2 rows_per_pass ..., so that neighbouring threads read
-// neighbouring words and one copy's addresses are the last one's plus constants (about an add per
-// copy; a running word index took 24 instructions a copy, 40% of the tensor-core kernel's). 2-byte
-// words go through registers, every load issued before the first store.
+// neighbouring words and one copy's addresses are the last one's plus constants (one 64-bit
+// multiply-add a copy in sm_90 code, where a running word index took 24 instructions a copy, 40% of
+// the tensor-core kernel's instructions per step). 2-byte words go through registers, every load
+// issued before the first store.
 template <typename word_t, int row_bytes, int nrows, int nthreads>
 static __device__ __forceinline__ void turbo_decode_stage_rows(
         char * GGML_CUDA_RESTRICT dst, const char * GGML_CUDA_RESTRICT src, const int64_t stride, const int tid) {
