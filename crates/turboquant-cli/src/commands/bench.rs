@@ -178,7 +178,8 @@ pub fn run(args: Args) -> Result<()> {
             for &test in &tests {
                 bar.set_message(format!("{kv} {} at depth {depth}", test.name()));
                 let mut speeds = Vec::new();
-                for rep in 0..WARM_UP_RUNS + args.repetitions {
+                // saturating: -r near u32::MAX must not wrap around to no timed run at all
+                for rep in 0..WARM_UP_RUNS.saturating_add(args.repetitions) {
                     let speed = time_test(&mut ctx, test, depth, n_vocab, rep)?;
                     if rep >= WARM_UP_RUNS {
                         speeds.push(speed);
