@@ -8,7 +8,8 @@
 #   remote.sh models DIR...      join model pieces (from ../shared/tools/device-chunks) found in
 #                                DIRs into the model cache, so the aliases resolve offline
 #   remote.sh suite NAME         run a named suite, JSON and logs under $OUT (or /tmp/tq/out):
-#                                  correctness   backend-check, perplexity of both models
+#                                  correctness   backend-check, perplexity of both models, all on
+#                                                the GPU and with attention on the CPU (-ngl 0)
 #                                  bench-small   bench of both models at depths 0, 8192, 32768
 #                                  bench-8b      bench of a random-weight llama-8b shape
 #   remote.sh trace NAME TOKENS ARGS...
@@ -115,6 +116,14 @@ case "${1:-}" in
         for m in smollm2-135m gemma3-270m; do
           tq perplexity -m "$m" -f "$here/wikitext-2-test.txt" --chunks 40 -ngl 99 \
             --kv-quant "$TYPES" --json "$out/perplexity-$m-cuda.json" 2>&1 | tee "$out/perplexity-$m-cuda.txt" || echo "(failed: $?)"
+          # the control: -ngl 0 keeps the cache and attention on the CPU while the big matrix
+          # products still go to the GPU (llama.cpp offloads them for batches of 32 or more), so
+          # the two runs differ in the attention kernels only
+          tq perplexity -m "$m" -f "$here/wikitext-2-test.txt" --chunks 40 -ngl 0 \
+            --kv-quant "$TYPES" --json "$out/perplexity-$m-cuda-attention-on-cpu.json" 2>&1 |
+            tee "$out/perplexity-$m-cuda-attention-on-cpu.txt" || echo "(failed: $?)"
+          python3 "$here/kld_match.py" "$out/perplexity-$m-cuda.json" \
+            "$out/perplexity-$m-cuda-attention-on-cpu.json" 2>&1 | tee "$out/kld-match-$m.txt" || echo "(failed: $?)"
         done
         ;;
       bench-small)
