@@ -140,6 +140,9 @@ pub fn run(args: Args) -> Result<()> {
     let mut base_log_probs = vec![0f32; scored * n_vocab];
     let mut base_argmax = vec![0usize; scored];
     let mut batch = LlamaBatch::new(settings_batch(n_ctx), 1);
+    // the scoring runs between two decodes, when llama.cpp's threads are idle: on a model with a
+    // large vocabulary it would otherwise take longer than the model itself on a GPU
+    let score_threads = threads.max(1) as usize;
 
     let bar = ProgressBar::new((chunks * runs.len()) as u64);
     bar.set_style(
@@ -161,18 +164,32 @@ pub fn run(args: Args) -> Result<()> {
                 &mut batch,
                 &chunk_tokens,
                 first,
-                |pos, logits| {
-                    let target = chunk_tokens[first + pos + 1].0 as usize;
-                    let lp = &mut base_log_probs[pos * n_vocab..(pos + 1) * n_vocab];
+                |offset, logits| {
+                    let scored = offset..offset + logits.len();
                     if i == 0 {
-                        base_argmax[pos] = scoring::log_softmax(logits, lp);
+                        let log_probs =
+                            &mut base_log_probs[scored.start * n_vocab..scored.end * n_vocab];
+                        let jobs: Vec<_> = log_probs
+                            .chunks_mut(n_vocab)
+                            .zip(&mut base_argmax[scored.clone()])
+                            .zip(logits)
+                            .collect();
+                        scoring::in_parallel(jobs, score_threads, |((lp, argmax), l)| {
+                            *argmax = scoring::log_softmax(l, lp);
+                        });
                     }
-                    let base = BaseToken {
-                        log_probs: lp,
-                        argmax: base_argmax[pos],
-                        target,
-                    };
-                    run.scores.push(scoring::score(logits, &base));
+                    let jobs: Vec<_> = scored.zip(logits).collect();
+                    let scores = scoring::in_parallel(jobs, score_threads, |(pos, l)| {
+                        let base = BaseToken {
+                            log_probs: &base_log_probs[pos * n_vocab..(pos + 1) * n_vocab],
+                            argmax: base_argmax[pos],
+                            target: chunk_tokens[first + pos + 1].0 as usize,
+                        };
+                        scoring::score(l, &base)
+                    });
+                    for score in scores {
+                        run.scores.push(score);
+                    }
                 },
             )
             .with_context(|| {
@@ -247,14 +264,15 @@ fn settings_batch(n_ctx: usize) -> usize {
     n_ctx.min(2048)
 }
 
-/// Runs one chunk from an empty cache and hands the logits of each scored position (the
-/// second half, but for the last token) to `on_logits(position - first, logits)`.
+/// Runs one chunk from an empty cache and hands the logits of the scored positions (the second
+/// half, but for the last token) to `on_logits(index of the first, logits)`, a decoded batch at a
+/// time; the index counts from `first`.
 fn evaluate_chunk(
     ctx: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch,
     tokens: &[LlamaToken],
     first: usize,
-    mut on_logits: impl FnMut(usize, &[f32]),
+    mut on_logits: impl FnMut(usize, &[&[f32]]),
 ) -> Result<()> {
     ctx.clear_kv_cache();
     let n = tokens.len();
@@ -267,9 +285,15 @@ fn evaluate_chunk(
             batch.add(token, pos as i32, &[0], wanted)?;
         }
         ctx.decode(batch)?;
-        for pos in start.max(first)..end.min(n - 1) {
-            on_logits(pos - first, ctx.get_logits_ith((pos - start) as i32));
+        let scored = start.max(first)..end.min(n - 1);
+        if scored.is_empty() {
+            continue;
         }
+        let logits: Vec<&[f32]> = scored
+            .clone()
+            .map(|pos| ctx.get_logits_ith((pos - start) as i32))
+            .collect();
+        on_logits(scored.start - first, &logits);
     }
     Ok(())
 }
