@@ -5,13 +5,14 @@
 //! struct with `seq` = the number of query rows. With `q_heads = g · kv_heads`, query head h
 //! reads KV head h / g (consecutive query heads share a KV head, as in llama.cpp). All heads
 //! share one quantizer (one rotation, one QJL matrix). Work is split over heads with
-//! `std::thread::scope`.
+//! scoped threads ([`crate::parallel::map`]).
 
 use std::sync::Arc;
 
 use crate::error::{check_finite, check_len, Error, Result};
 use crate::linalg;
 use crate::mse::{QuantizerOptions, TurboQuantMse};
+use crate::parallel;
 use crate::prod::TurboQuantProd;
 use crate::store::{mse_scores, MseStore, ProdStore};
 
@@ -178,7 +179,7 @@ impl BatchCompressor {
         let d = self.head_dim;
         let stores = match &self.keys {
             KeyQuantizer::Prod(q) => {
-                let heads = parallel_map(shape.heads, self.threads, |h| {
+                let heads = parallel::map((0..shape.heads).collect(), self.threads, |h| {
                     let mut store = ProdStore::new(q);
                     for x in shape.head(keys, h).chunks_exact(d) {
                         store.push(&q.quantize(x)?);
@@ -219,7 +220,7 @@ fn compress_mse(
     shape: Shape,
     threads: usize,
 ) -> Result<Vec<MseStore>> {
-    parallel_map(shape.heads, threads, |h| {
+    parallel::map((0..shape.heads).collect(), threads, |h| {
         let mut store = MseStore::new(q);
         for x in shape.head(data, h).chunks_exact(shape.head_dim) {
             store.push(&q.quantize(x)?);
@@ -272,7 +273,7 @@ impl CompressedKeys {
         let d = self.shape.head_dim;
         let seq = self.shape.seq;
         let scale = 1.0 / (d as f32).sqrt();
-        let per_head = parallel_map(q_shape.heads, self.threads, |h| {
+        let per_head = parallel::map((0..q_shape.heads).collect(), self.threads, |h| {
             let kv = h / group;
             let mut out = vec![0.0f32; q_shape.seq * seq];
             let mut scratch = vec![0u8; d];
@@ -377,7 +378,7 @@ impl CompressedValues {
             )));
         }
         let group = q_heads / self.shape.heads;
-        let per_head = parallel_map(q_heads, self.threads, |h| {
+        let per_head = parallel::map((0..q_heads).collect(), self.threads, |h| {
             let store = &self.heads[h / group];
             let mut out = vec![0.0f32; n_q * d];
             let mut rotated = vec![0.0f32; d];
@@ -466,28 +467,6 @@ pub fn exact_attention_output(
         }
     }
     Ok(out)
-}
-
-/// f(0..n) on up to `threads` scoped threads (contiguous blocks), in order.
-fn parallel_map<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let threads = threads.clamp(1, n.max(1));
-    if threads == 1 {
-        return (0..n).map(f).collect();
-    }
-    let block = n.div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..n)
-            .step_by(block)
-            .map(|start| {
-                scope.spawn(move || (start..(start + block).min(n)).map(f).collect::<Vec<T>>())
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    })
 }
 
 #[cfg(test)]

@@ -66,6 +66,7 @@ pub mod kv_cache;
 mod linalg;
 pub mod metrics;
 pub mod mse;
+pub mod parallel;
 pub mod prod;
 mod quadrature;
 mod rng;

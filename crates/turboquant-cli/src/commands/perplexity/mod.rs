@@ -19,6 +19,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use serde::Serialize;
+use turboquant::parallel;
 
 use crate::llama::{self, ContextSettings, KvCacheSize, KvTypes, Model};
 use crate::{input, models};
@@ -174,12 +175,12 @@ pub fn run(args: Args) -> Result<()> {
                             .zip(&mut base_argmax[scored.clone()])
                             .zip(logits)
                             .collect();
-                        scoring::in_parallel(jobs, score_threads, |((lp, argmax), l)| {
+                        parallel::map(jobs, score_threads, |((lp, argmax), l)| {
                             *argmax = scoring::log_softmax(l, lp);
                         });
                     }
                     let jobs: Vec<_> = scored.zip(logits).collect();
-                    let scores = scoring::in_parallel(jobs, score_threads, |(pos, l)| {
+                    let scores = parallel::map(jobs, score_threads, |(pos, l)| {
                         let base = BaseToken {
                             log_probs: &base_log_probs[pos * n_vocab..(pos + 1) * n_vocab],
                             argmax: base_argmax[pos],

@@ -68,36 +68,6 @@ pub fn score(logits: &[f32], base: &BaseToken<'_>) -> TokenScore {
     }
 }
 
-/// Runs `f` on every job, spread over up to `threads` threads, and returns the results in the
-/// jobs' order (so the scores, and every sum over them, do not depend on the thread count).
-pub fn in_parallel<J: Send, R: Send>(
-    jobs: Vec<J>,
-    threads: usize,
-    f: impl Fn(J) -> R + Sync,
-) -> Vec<R> {
-    if threads <= 1 || jobs.len() <= 1 {
-        return jobs.into_iter().map(f).collect();
-    }
-    let per_thread = jobs.len().div_ceil(threads);
-    let mut jobs = jobs.into_iter();
-    let f = &f;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = std::iter::from_fn(|| {
-            let part: Vec<J> = jobs.by_ref().take(per_thread).collect();
-            (!part.is_empty())
-                .then(|| scope.spawn(move || part.into_iter().map(f).collect::<Vec<R>>()))
-        })
-        .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    })
-}
-
 /// Mean and standard error of a sample.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Estimate {
@@ -178,20 +148,6 @@ mod tests {
         buf.resize(logits.len(), 0.0);
         let _ = target;
         log_softmax(logits, buf)
-    }
-
-    #[test]
-    fn in_parallel_keeps_the_order() {
-        let jobs: Vec<usize> = (0..10).collect();
-        let expected: Vec<usize> = jobs.iter().map(|j| j * j).collect();
-        for threads in [0, 1, 3, 4, 10, 16] {
-            assert_eq!(
-                in_parallel(jobs.clone(), threads, |j| j * j),
-                expected,
-                "{threads} threads"
-            );
-        }
-        assert!(in_parallel(Vec::<usize>::new(), 4, |j| j).is_empty());
     }
 
     #[test]
