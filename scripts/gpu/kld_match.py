@@ -17,10 +17,23 @@ import os
 import sys
 
 
-def rows(path):
-    with open(path) as f:
-        report = json.load(f)
-    return report, {row["cache"]: row for row in report["rows"]}
+# what the comparison reads of a report
+KEYS = ("model", "text_file", "ctx_size", "tokens_scored_per_type", "chunks", "rows")
+
+
+def load_report(path):
+    """The report and each cache type's mean KLD; exits with a message on a file that is not one."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+        missing = [key for key in KEYS if key not in report]
+        if missing:
+            sys.exit(f"kld_match: {path}: not a perplexity report (no {', '.join(missing)})")
+        return report, {row["cache"]: row["kld"]["mean"] for row in report["rows"]}
+    except (OSError, ValueError) as e:
+        sys.exit(f"kld_match: {path}: {e}")
+    except (KeyError, TypeError) as e:
+        sys.exit(f"kld_match: {path}: a row without {e} is not a perplexity report's")
 
 
 def main():
@@ -29,15 +42,17 @@ def main():
     ap.add_argument("control", help="perplexity JSON of the run it must match")
     ap.add_argument("--tolerance", type=float, default=0.02, help="largest relative KLD difference")
     args = ap.parse_args()
+    if not args.tolerance >= 0:
+        ap.error("--tolerance must be 0 or more")
 
-    gpu, gpu_rows = rows(args.gpu)
-    control, control_rows = rows(args.control)
+    gpu, gpu_kld = load_report(args.gpu)
+    control, control_kld = load_report(args.control)
     # the text may sit in another folder on each machine: its name and the tokens scored must match
     for key, same in (("model", str), ("text_file", os.path.basename), ("ctx_size", int),
                       ("tokens_scored_per_type", int)):
         if same(gpu[key]) != same(control[key]):
             sys.exit(f"kld_match: the reports differ in {key}: {gpu[key]!r} against {control[key]!r}")
-    shared = [cache for cache in gpu_rows if cache in control_rows and cache != "f16"]
+    shared = [cache for cache in gpu_kld if cache in control_kld and cache != "f16"]
     if not any("turbo" in cache for cache in shared):
         sys.exit("kld_match: the reports share no turbo cache type")
 
@@ -45,8 +60,8 @@ def main():
     print(f"{'cache':<14} {'run':>8} {'control':>8} {'ratio':>7}")
     failed = []
     for cache in shared:
-        a = gpu_rows[cache]["kld"]["mean"]
-        b = control_rows[cache]["kld"]["mean"]
+        a = gpu_kld[cache]
+        b = control_kld[cache]
         ratio = a / b if b > 0 else float("inf")
         judged = "turbo" in cache
         ok = abs(ratio - 1) <= args.tolerance

@@ -116,9 +116,10 @@ case "${1:-}" in
         for m in smollm2-135m gemma3-270m; do
           tq perplexity -m "$m" -f "$here/wikitext-2-test.txt" --chunks 40 -ngl 99 \
             --kv-quant "$TYPES" --json "$out/perplexity-$m-cuda.json" 2>&1 | tee "$out/perplexity-$m-cuda.txt" || echo "(failed: $?)"
-          # the control: -ngl 0 keeps the cache and attention on the CPU while the big matrix
-          # products still go to the GPU (llama.cpp offloads them for batches of 32 or more), so
-          # the two runs differ in the attention kernels only
+          # the control: -ngl 0 keeps the cache, attention and the element-wise operations on the
+          # CPU while the big matrix products still go to the GPU (llama.cpp offloads them for
+          # batches of 32 or more), so the two runs share the products, which round differently
+          # on the GPU, and differ in the cache and attention kernels
           tq perplexity -m "$m" -f "$here/wikitext-2-test.txt" --chunks 40 -ngl 0 \
             --kv-quant "$TYPES" --json "$out/perplexity-$m-cuda-attention-on-cpu.json" 2>&1 |
             tee "$out/perplexity-$m-cuda-attention-on-cpu.txt" || echo "(failed: $?)"
