@@ -11,7 +11,9 @@
 #                                  correctness   backend-check, perplexity of both models, all on
 #                                                the GPU and with attention on the CPU (-ngl 0)
 #                                  bench-small   bench of both models at depths 0, 8192, 32768
-#                                  bench-8b      bench of a random-weight llama-8b shape
+#                                  bench-8b      bench of a random-weight llama-8b shape (its
+#                                                tokenizer from tokenizer.gguf, pack --tokenizer,
+#                                                or else from the smollm2-135m model)
 #   remote.sh trace NAME TOKENS ARGS...
 #                                run turboquant ARGS... under the kernel tracer (trace/): time per
 #                                generated token, by kernel, in $OUT/trace-NAME.{txt,json}; TOKENS
@@ -134,7 +136,11 @@ case "${1:-}" in
         done
         ;;
       bench-8b)
-        [ -f "$W/llama-8b.gguf" ] || tq synth --shape llama-8b --tokenizer-from smollm2-135m -o "$W/llama-8b.gguf"
+        if [ ! -f "$W/llama-8b.gguf" ]; then
+          donor=smollm2-135m # or its tokenizer alone, from pack --tokenizer
+          [ -f "$here/tokenizer.gguf" ] && donor=$here/tokenizer.gguf
+          tq synth --shape llama-8b --tokenizer-from "$donor" -o "$W/llama-8b.gguf"
+        fi
         tq bench -m "$W/llama-8b.gguf" -p 512 -n 64 -d 0,32768 -r 3 --kv-quant "$TYPES" \
           --json "$out/bench-llama-8b-cuda.json" 2>&1 | tee "$out/bench-llama-8b-cuda.txt" || echo "(failed: $?)"
         ;;
