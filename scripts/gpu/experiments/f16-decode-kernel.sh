@@ -32,6 +32,6 @@ tq() { LD_LIBRARY_PATH="$W/build/bin" "$gpu/turboquant" "$@"; }
 donor=smollm2-135m
 [ -f "$gpu/tokenizer.gguf" ] && donor=$gpu/tokenizer.gguf
 [ -f "$W/llama-8b.gguf" ] || TURBOQUANT_CACHE=$W/cache tq synth --shape llama-8b --tokenizer-from "$donor" -o "$W/llama-8b.gguf"
-args=(bench -m "$W/llama-8b.gguf" -p 0 -n 64 -d 0,32768 -r 3 --kv-quant f16,turbo3)
+args=(bench -m "$W/llama-8b.gguf" -p 0 -n 64 -d 0,32768 -r 3 --kv-quant f16,turbo4,turbo3,turbo2)
 tq "${args[@]}" --json "$out/f16-decode-kernel-vec.json" 2>&1 | tee "$out/f16-decode-kernel-vec.txt"
 TQ_F16_DECODE_MMA=1 tq "${args[@]}" --json "$out/f16-decode-kernel-mma.json" 2>&1 | tee "$out/f16-decode-kernel-mma.txt"
