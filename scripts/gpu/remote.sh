@@ -11,9 +11,10 @@
 #                                  correctness   backend-check, perplexity of both models, all on
 #                                                the GPU and with attention on the CPU (-ngl 0)
 #                                  bench-small   bench of both models at depths 0, 8192, 32768
-#                                  bench-8b      bench of a random-weight llama-8b shape (its
-#                                                tokenizer from tokenizer.gguf, pack --tokenizer,
-#                                                or else from the smollm2-135m model)
+#                                  bench-8b      bench of the llama-8b shape (below)
+#   remote.sh llama-8b           write a random-weight llama-8b shape to $W/llama-8b.gguf if it is
+#                                not there (tokenizer: tokenizer.gguf from pack --tokenizer, else
+#                                the smollm2-135m model)
 #   remote.sh trace NAME TOKENS ARGS...
 #                                run turboquant ARGS... under the kernel tracer (trace/): time per
 #                                generated token, by kernel, in $OUT/trace-NAME.{txt,json}; TOKENS
@@ -75,6 +76,15 @@ run_traced() {
   fi
 }
 
+# the random llama-8b shape in $W/llama-8b.gguf, made once per machine; its tokenizer from
+# tokenizer.gguf (pack --tokenizer), else from the smollm2-135m model
+llama_8b() {
+  if [ -f "$W/llama-8b.gguf" ]; then return; fi
+  local donor=smollm2-135m
+  [ -f "$here/tokenizer.gguf" ] && donor=$here/tokenizer.gguf
+  tq synth --shape llama-8b --tokenizer-from "$donor" -o "$W/llama-8b.gguf"
+}
+
 tq() {
   LD_LIBRARY_PATH="$W/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$here/turboquant" "$@"
 }
@@ -98,6 +108,11 @@ case "${1:-}" in
   build)
     build
     echo "built: $(ls "$W/build/bin"/*.so | tr '\n' ' ')"
+    ;;
+  llama-8b)
+    build
+    llama_8b
+    ls -l "$W/llama-8b.gguf"
     ;;
   models)
     shift
@@ -136,11 +151,7 @@ case "${1:-}" in
         done
         ;;
       bench-8b)
-        if [ ! -f "$W/llama-8b.gguf" ]; then
-          donor=smollm2-135m # or its tokenizer alone, from pack --tokenizer
-          [ -f "$here/tokenizer.gguf" ] && donor=$here/tokenizer.gguf
-          tq synth --shape llama-8b --tokenizer-from "$donor" -o "$W/llama-8b.gguf"
-        fi
+        llama_8b
         tq bench -m "$W/llama-8b.gguf" -p 512 -n 64 -d 0,32768 -r 3 --kv-quant "$TYPES" \
           --json "$out/bench-llama-8b-cuda.json" 2>&1 | tee "$out/bench-llama-8b-cuda.txt" || echo "(failed: $?)"
         ;;

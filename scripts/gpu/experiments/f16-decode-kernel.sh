@@ -6,8 +6,8 @@
 # TQ_F16_DECODE_MMA set, the vector kernel is not chosen for unquantized K and V; unset, the choice
 # is upstream's. The same bench then runs without and with it, in one build.
 #
-# Needs a fresh machine (it builds its own copy of the tree) and the llama-8b shape's tokenizer:
-# .gpu/tokenizer.gguf from `scripts/gpu/pack --tokenizer`, or the smollm2-135m model (remote.sh models).
+# Needs a fresh machine (it builds its own copy of the tree) and what `remote.sh llama-8b` needs: the
+# tokenizer from `scripts/gpu/pack --tokenizer`, or the smollm2-135m model (remote.sh models).
 set -euo pipefail
 W=${TQ_WORK:-/tmp/tq}
 gpu=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,11 +27,9 @@ fi
 # both lines of the choice must carry the switch, or the run would measure upstream's choice twice
 [ "$(grep -c TQ_F16_DECODE_MMA "$f")" -eq 2 ] || { echo "f16-decode-kernel: fattn.cu's choice changed; switch not added" >&2; exit 1; }
 grep -n TQ_F16_DECODE_MMA "$f" | tee "$out/f16-decode-kernel-switch.txt"
-TQ_WORK=$W bash "$gpu/remote.sh" build
-tq() { LD_LIBRARY_PATH="$W/build/bin" "$gpu/turboquant" "$@"; }
-donor=smollm2-135m
-[ -f "$gpu/tokenizer.gguf" ] && donor=$gpu/tokenizer.gguf
-[ -f "$W/llama-8b.gguf" ] || TURBOQUANT_CACHE=$W/cache tq synth --shape llama-8b --tokenizer-from "$donor" -o "$W/llama-8b.gguf"
+export TQ_WORK=$W
+bash "$gpu/remote.sh" llama-8b
 args=(bench -m "$W/llama-8b.gguf" -p 0 -n 64 -d 0,32768 -r 3 --kv-quant f16,turbo4,turbo3,turbo2)
-tq "${args[@]}" --json "$out/f16-decode-kernel-vec.json" 2>&1 | tee "$out/f16-decode-kernel-vec.txt"
-TQ_F16_DECODE_MMA=1 tq "${args[@]}" --json "$out/f16-decode-kernel-mma.json" 2>&1 | tee "$out/f16-decode-kernel-mma.txt"
+bash "$gpu/remote.sh" "${args[@]}" --json "$out/f16-decode-kernel-vec.json" 2>&1 | tee "$out/f16-decode-kernel-vec.txt"
+TQ_F16_DECODE_MMA=1 bash "$gpu/remote.sh" "${args[@]}" --json "$out/f16-decode-kernel-mma.json" 2>&1 |
+  tee "$out/f16-decode-kernel-mma.txt"
