@@ -28,6 +28,8 @@ pub fn build(tree: &Path, out_dir: &Path) -> NativeBuild {
         .profile("Release")
         .define("BUILD_SHARED_LIBS", on_off(shared))
         .define("CMAKE_POSITION_INDEPENDENT_CODE", "ON")
+        // tests/amx.rs recompiles one file exactly as the build did
+        .define("CMAKE_EXPORT_COMPILE_COMMANDS", "ON")
         .define("LLAMA_BUILD_TESTS", "OFF")
         .define("LLAMA_BUILD_EXAMPLES", "OFF")
         .define("LLAMA_BUILD_TOOLS", "OFF")
@@ -73,6 +75,10 @@ pub fn build(tree: &Path, out_dir: &Path) -> NativeBuild {
         config.define("GGML_NATIVE", native);
     }
     let install = config.build();
+    println!(
+        "cargo:rustc-env=TURBOQUANT_COMPILE_COMMANDS={}",
+        out_dir.join("build/compile_commands.json").display()
+    );
 
     let wanted = libraries(shared);
     let mut lib_dirs = BTreeSet::new();
