@@ -33,6 +33,8 @@ pub fn generate(pristine: &Path, tree: &Path, out_dir: &Path) {
         .allowlist_item("gguf_.*")
         .allowlist_item("llama_.*")
         .allowlist_recursively(false)
+        // src/lib.rs wraps it, to offer the use_extra_bufts default that llama-cpp-2 cannot set
+        .blocklist_function("llama_model_default_params")
         .raw_line("type FILE = ::std::os::raw::c_void;")
         .prepend_enum_name(false);
     for header in OWN_HEADERS {

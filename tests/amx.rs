@@ -121,8 +121,8 @@ fn compiler(program: &str) -> (String, u32) {
     };
     let major = first
         .split_whitespace()
-        .filter_map(|w| w.split('.').next()?.parse::<u32>().ok())
-        .last()
+        .rev()
+        .find_map(|w| w.split('.').next()?.parse::<u32>().ok())
         .unwrap_or(0);
     (kind.to_string(), major)
 }

@@ -36,6 +36,10 @@ pub struct Args {
     /// Layers to offload to the GPU, where the build has one
     #[arg(long = "ngl", visible_alias = "n-gpu-layers", default_value_t = 999)]
     pub n_gpu_layers: u32,
+    /// Keep the weights in plain CPU buffers, as in the file (llama.cpp's --no-repack), instead
+    /// of the CPU's repacked layouts (AMX tiles, AVX2/AVX-512 interleaved blocks)
+    #[arg(long)]
+    pub no_repack: bool,
     /// Sampling temperature; 0 picks the most likely token every time
     #[arg(long, default_value_t = 0.8)]
     pub temp: f32,
@@ -102,7 +106,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--temp must be a number ≥ 0");
     }
     let path = models::resolve(&args.model)?;
-    let model = Model::load(&path, args.n_gpu_layers)?;
+    let model = Model::load_with_repack(&path, args.n_gpu_layers, !args.no_repack)?;
     model.shape.check_types(types)?;
 
     let text = if args.chat {

@@ -7,6 +7,7 @@ pub mod gguf_file;
 pub mod logs;
 pub mod raw;
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
@@ -195,21 +196,118 @@ fn swa_layers(file: &GgufFile, architecture: &str, n_layer: usize, n_swa: u64) -
         .collect()
 }
 
+/// The buffer types in which the CPU backend may keep weights rearranged for its own kernels
+/// (`AMX` tiles, `CPU_REPACK` interleaved blocks for AVX2/AVX-512 or NEON, ...): what this build
+/// offers on this CPU. llama.cpp uses them unless told not to (`--no-repack`).
+pub fn cpu_repack_types() -> Vec<String> {
+    backend();
+    type GetExtraBufts =
+        unsafe extern "C" fn(sys::ggml_backend_dev_t) -> *mut sys::ggml_backend_buffer_type_t;
+    // SAFETY: the CPU device and its registry live for the whole process; the proc address, where
+    // the backend has it, has the type ggml-backend.h declares for this name; the list it returns
+    // ends with a null entry.
+    unsafe {
+        let cpu = sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU);
+        if cpu.is_null() {
+            return Vec::new();
+        }
+        let reg = sys::ggml_backend_dev_backend_reg(cpu);
+        let address = sys::ggml_backend_reg_get_proc_address(
+            reg,
+            c"ggml_backend_dev_get_extra_bufts".as_ptr(),
+        );
+        if address.is_null() {
+            return Vec::new();
+        }
+        let get: GetExtraBufts = std::mem::transmute(address);
+        let mut names = Vec::new();
+        let mut next = get(cpu);
+        while !next.is_null() && !(*next).is_null() {
+            names.push(
+                std::ffi::CStr::from_ptr(sys::ggml_backend_buft_name(*next))
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            next = next.add(1);
+        }
+        names
+    }
+}
+
+/// One buffer llama.cpp put weights in, as its load log reports it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct WeightBuffer {
+    /// The buffer type: `CPU_Mapped`, `CPU_REPACK`, `AMX`, `CUDA0`, ...
+    pub name: String,
+    pub mib: f64,
+}
+
+impl WeightBuffer {
+    /// From `load_tensors:   CPU_REPACK model buffer size =    50.00 MiB` lines.
+    fn from_log(lines: &[String]) -> Vec<WeightBuffer> {
+        lines
+            .iter()
+            .filter_map(|line| {
+                let (head, tail) = line.split_once(" model buffer size = ")?;
+                let name = head.rsplit(':').next()?.trim().to_string();
+                let mib = tail.split_whitespace().next()?.parse().ok()?;
+                Some(WeightBuffer { name, mib })
+            })
+            .collect()
+    }
+}
+
+/// How many tensors the CPU repacked into each layout, from `repack: repack tensor
+/// blk.0.attn_output.weight with q4_K_8x8` lines (the AMX buffer logs none).
+fn repacked_layouts(lines: &[String]) -> BTreeMap<String, usize> {
+    let mut layouts = BTreeMap::new();
+    for line in lines {
+        if let Some((_, layout)) = line
+            .strip_prefix("repack: repack tensor ")
+            .and_then(|rest| rest.rsplit_once(" with "))
+        {
+            *layouts.entry(layout.trim().to_string()).or_insert(0) += 1;
+        }
+    }
+    layouts
+}
+
+/// Serialises model loads that set a process-wide default (see [`Model::load_with_repack`]).
+static MODEL_LOADING: Mutex<()> = Mutex::new(());
+
 /// A loaded model with its GGUF facts.
 pub struct Model {
     pub model: LlamaModel,
     pub shape: ModelShape,
     pub file: GgufFile,
+    /// Where llama.cpp put the weights.
+    pub weight_buffers: Vec<WeightBuffer>,
+    /// Tensors per repacked layout (`q4_K_8x8`: 27), where the CPU's repack buffer took them.
+    pub repacked_layouts: BTreeMap<String, usize>,
 }
 
 impl Model {
-    /// Loads a GGUF model, offloading up to `n_gpu_layers` layers where a GPU back end exists.
+    /// Loads a GGUF model, offloading up to `n_gpu_layers` layers where a GPU back end exists,
+    /// with the CPU's repacked weight layouts where it has them (llama.cpp's default).
     pub fn load(path: &Path, n_gpu_layers: u32) -> Result<Model> {
+        Self::load_with_repack(path, n_gpu_layers, true)
+    }
+
+    /// As [`Model::load`]; with `repack` false the CPU keeps the weights in plain buffers, as
+    /// they are in the file (llama.cpp's `--no-repack`): no AMX or AVX2/AVX-512 layouts.
+    pub fn load_with_repack(path: &Path, n_gpu_layers: u32, repack: bool) -> Result<Model> {
         let file = GgufFile::open(path)?;
         let shape = ModelShape::from_gguf(&file)?;
         let backend = backend();
+        let params = {
+            let _one_at_a_time = MODEL_LOADING.lock().unwrap_or_else(|e| e.into_inner());
+            // llama-cpp-2 has no setter for use_extra_bufts; its params start from this default
+            sys::set_default_use_extra_bufts(repack);
+            let params = LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers);
+            sys::set_default_use_extra_bufts(true);
+            params
+        };
         let mark = logs::mark();
-        let params = LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers);
         let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
             anyhow!(
                 "llama.cpp could not load {}: {e}{}",
@@ -217,7 +315,23 @@ impl Model {
                 quote_problems(logs::problems_since(mark))
             )
         })?;
-        Ok(Model { model, shape, file })
+        let lines = logs::lines_since(mark);
+        Ok(Model {
+            model,
+            shape,
+            file,
+            weight_buffers: WeightBuffer::from_log(&lines),
+            repacked_layouts: repacked_layouts(&lines),
+        })
+    }
+
+    /// The weight buffers in one of the CPU's repacked layouts ([`cpu_repack_types`]).
+    pub fn repacked_buffers(&self) -> Vec<&WeightBuffer> {
+        let repack = cpu_repack_types();
+        self.weight_buffers
+            .iter()
+            .filter(|b| repack.contains(&b.name))
+            .collect()
     }
 
     pub fn name(&self) -> String {
@@ -411,6 +525,42 @@ fn quote_problems(problems: Vec<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_weight_buffer_lines() {
+        let lines = vec![
+            "load_tensors:   CPU_REPACK model buffer size =    50.25 MiB".to_string(),
+            "load_tensors: offloaded 0/31 layers to GPU".to_string(),
+            "load_tensors:   CPU_Mapped model buffer size =   97.00 MiB".to_string(),
+        ];
+        assert_eq!(
+            WeightBuffer::from_log(&lines),
+            [
+                WeightBuffer {
+                    name: "CPU_REPACK".into(),
+                    mib: 50.25
+                },
+                WeightBuffer {
+                    name: "CPU_Mapped".into(),
+                    mib: 97.0
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn counts_repacked_layouts() {
+        let lines = vec![
+            "repack: repack tensor blk.0.attn_output.weight with q4_K_8x8".to_string(),
+            "repack: repack tensor blk.2.ffn_down.weight with q4_K_8x8".to_string(),
+            "repack: repack tensor blk.2.ffn_up.weight with q4_0_8x8".to_string(),
+            "load_tensors: done".to_string(),
+        ];
+        let layouts = repacked_layouts(&lines);
+        assert_eq!(layouts.len(), 2);
+        assert_eq!(layouts["q4_K_8x8"], 2);
+        assert_eq!(layouts["q4_0_8x8"], 1);
+    }
 
     #[test]
     fn reads_kv_size_lines() {

@@ -38,6 +38,19 @@ pub fn smollm2() -> PathBuf {
     PATH.get_or_init(|| fetched("smollm2-135m")).clone()
 }
 
+/// Gemma-3-270M, fetched once.
+pub fn gemma3() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| fetched("gemma3-270m")).clone()
+}
+
+/// A line in the test output even when cargo captures it (a passing test's `eprintln!` is
+/// hidden): what a test ran on this host, what it skipped and why.
+pub fn note(test: &str, text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "note ({test}): {text}");
+}
+
 /// WikiText-2's test split from the shared data folder (or $TURBOQUANT_TEXT); where neither
 /// exists, the built-in document (`turboquant document`) written to a temporary file.
 pub fn wikitext() -> PathBuf {

@@ -6,6 +6,10 @@
 //! an empty cache and the second half of its positions is scored. The f16 cache always runs
 //! first on each chunk; every other type runs the same chunk and is scored token by token
 //! against it: KL divergence, top-1 agreement, RMS of the change in p(correct token).
+//!
+//! With `--check-repack` the reference is the f16 cache on a second copy of the model whose
+//! weights stay in plain CPU buffers, so the f16 row measures what the CPU's repacked weight
+//! layouts (AMX, AVX2/AVX-512 interleaving) change.
 
 mod scoring;
 
@@ -21,7 +25,7 @@ use llama_cpp_2::token::LlamaToken;
 use serde::Serialize;
 use turboquant::parallel;
 
-use crate::llama::{self, ContextSettings, KvCacheSize, KvTypes, Model};
+use crate::llama::{self, ContextSettings, KvCacheSize, KvTypes, Model, WeightBuffer};
 use crate::{input, models};
 use scoring::{BaseToken, Scores, Summary};
 
@@ -52,6 +56,15 @@ pub struct Args {
     /// Layers to offload to the GPU, where the build has one
     #[arg(long = "ngl", visible_alias = "n-gpu-layers", default_value_t = 999)]
     pub n_gpu_layers: u32,
+    /// Keep the weights in plain CPU buffers, as in the file (llama.cpp's --no-repack), instead
+    /// of the CPU's repacked layouts (AMX tiles, AVX2/AVX-512 interleaved blocks)
+    #[arg(long)]
+    pub no_repack: bool,
+    /// Check the CPU's repacked weights: the reference (f16 cache) runs on weights in plain
+    /// buffers, every --kv-quant type on the repacked ones, so the f16 row's KLD is what
+    /// repacking changes
+    #[arg(long, conflicts_with = "no_repack")]
+    pub check_repack: bool,
     /// Also write the results as JSON to this file
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -84,6 +97,15 @@ pub struct Report {
     pub chunks: usize,
     pub tokens_scored_per_type: usize,
     pub threads: i32,
+    /// Where llama.cpp put the weights the rows ran on
+    pub weight_buffers: Vec<WeightBuffer>,
+    /// Of those, tensors per repacked layout (`q4_K_8x8`: 27; the AMX buffer logs none)
+    pub repacked_layouts: std::collections::BTreeMap<String, usize>,
+    /// The repacked buffer types this build offers on this CPU (`AMX`, `CPU_REPACK`)
+    pub cpu_repack_types: Vec<String>,
+    /// With --check-repack: where the reference's weights were (plain buffers)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_weight_buffers: Option<Vec<WeightBuffer>>,
     pub rows: Vec<Row>,
 }
 
@@ -97,10 +119,23 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let path = models::resolve(&args.model)?;
-    let model = Model::load(&path, args.n_gpu_layers)?;
+    let model = Model::load_with_repack(&path, args.n_gpu_layers, !args.no_repack)?;
     for t in &types {
         model.shape.check_types(*t)?;
     }
+    // the reference's own model: the same file with its weights in plain buffers
+    let plain = if args.check_repack {
+        if model.repacked_buffers().is_empty() {
+            eprintln!(
+                "note: this CPU repacks none of these weights (its repacked layouts: {}), so the \
+                 reference runs on the same plain weights",
+                list_or_none(&llama::cpu_repack_types())
+            );
+        }
+        Some(Model::load_with_repack(&path, args.n_gpu_layers, false)?)
+    } else {
+        None
+    };
 
     let vocab = model.model.vocab();
     let add_bos = vocab.should_add_bos();
@@ -122,11 +157,25 @@ pub fn run(args: Args) -> Result<()> {
     let threads = args.threads.unwrap_or_else(llama::default_threads);
 
     let mut runs = Vec::new();
-    for &t in &types {
+    // (label, model, cache types): the reference first
+    let mut plan: Vec<(String, &Model, KvTypes)> = Vec::new();
+    match &plain {
+        Some(plain) => {
+            plan.push((
+                format!("{}, plain weights", KvTypes::F16),
+                plain,
+                KvTypes::F16,
+            ));
+            plan.extend(types.iter().map(|t| (t.to_string(), &model, *t)));
+        }
+        None => plan.extend(types.iter().map(|t| (t.to_string(), &model, *t))),
+    }
+    for (label, on, t) in plan {
         let mut settings = ContextSettings::new(args.ctx_size, t);
         settings.threads = threads;
-        let (ctx, size) = llama::new_context(&model, &settings)?;
+        let (ctx, size) = llama::new_context(on, &settings)?;
         runs.push(TypeRun {
+            label,
             types: t,
             ctx,
             size,
@@ -158,7 +207,7 @@ pub fn run(args: Args) -> Result<()> {
             chunk_tokens[0] = vocab.bos();
         }
         for (i, run) in runs.iter_mut().enumerate() {
-            bar.set_message(format!("chunk {} of {chunks}, {}", chunk + 1, run.types));
+            bar.set_message(format!("chunk {} of {chunks}, {}", chunk + 1, run.label));
             let started = Instant::now();
             evaluate_chunk(
                 &mut run.ctx,
@@ -197,7 +246,7 @@ pub fn run(args: Args) -> Result<()> {
                 format!(
                     "evaluating chunk {} with the {} cache",
                     chunk + 1,
-                    run.types
+                    run.label
                 )
             })?;
             run.time += started.elapsed();
@@ -210,7 +259,7 @@ pub fn run(args: Args) -> Result<()> {
     let rows: Vec<Row> = runs
         .iter()
         .map(|run| Row {
-            cache: run.types.to_string(),
+            cache: run.label.clone(),
             k_type: run.types.k.to_string(),
             v_type: run.types.v.to_string(),
             bits_per_value: model.shape.bits_per_value(run.types),
@@ -233,12 +282,20 @@ pub fn run(args: Args) -> Result<()> {
         chunks,
         tokens_scored_per_type: chunks * scored,
         threads,
+        weight_buffers: model.weight_buffers.clone(),
+        repacked_layouts: model.repacked_layouts.clone(),
+        cpu_repack_types: llama::cpu_repack_types(),
+        reference_weight_buffers: plain.as_ref().map(|p| p.weight_buffers.clone()),
         rows,
     };
     println!(
         "{}: {} chunks of {} tokens, {} scored per cache type, {} threads",
         report.model, chunks, n_ctx, report.tokens_scored_per_type, threads
     );
+    println!("weights: {}", describe_buffers(&report.weight_buffers));
+    if let Some(reference) = &report.reference_weight_buffers {
+        println!("reference weights: {}", describe_buffers(reference));
+    }
     println!("{}", table(&report.rows));
     if let Some(json) = &args.json {
         crate::output::write_json(json, &report)?;
@@ -247,11 +304,30 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 struct TypeRun<'m> {
+    /// The row's name: the cache types, and for --check-repack's reference its weights
+    label: String,
     types: KvTypes,
     ctx: LlamaContext<'m>,
     size: KvCacheSize,
     scores: Scores,
     time: Duration,
+}
+
+/// `CPU_REPACK 50.3 MiB, CPU_Mapped 97.0 MiB`.
+fn describe_buffers(buffers: &[WeightBuffer]) -> String {
+    let parts: Vec<String> = buffers
+        .iter()
+        .map(|b| format!("{} {:.1} MiB", b.name, b.mib))
+        .collect();
+    list_or_none(&parts)
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// f16 first (the reference), then the others in the order given.
