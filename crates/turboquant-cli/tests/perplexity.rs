@@ -59,3 +59,51 @@ fn f16_is_its_own_reference_and_q4_0_is_worse_than_q8_0() {
         "SmolLM2's perplexity should be in {expected:?} (about 20 on WikiText-2), got {ppl}"
     );
 }
+
+#[test]
+fn long_contexts_report_the_divergence_by_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ppl.json");
+    let (stdout, _) = succeed(
+        turboquant()
+            .args(["perplexity", "-m"])
+            .arg(smollm2())
+            .arg("-f")
+            .arg(wikitext())
+            .args([
+                "-c",
+                "2048",
+                "--chunks",
+                "1",
+                "--kv-quant",
+                "q8_0",
+                "--json",
+            ])
+            .arg(&json),
+    );
+    assert!(stdout.contains("by position"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    // perplexity still counts the second half only
+    assert_eq!(report["tokens_scored_per_type"].as_u64().unwrap(), 1023);
+    for row in rows {
+        let ranges = row["by_position"].as_array().unwrap();
+        let spans: Vec<(u64, u64, u64)> = ranges
+            .iter()
+            .map(|r| {
+                (
+                    r["from"].as_u64().unwrap(),
+                    r["to"].as_u64().unwrap(),
+                    r["tokens"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        // every position but the last, which has no next token
+        assert_eq!(spans, [(0, 1024, 1024), (1024, 2048, 1023)]);
+    }
+    let kld = |row: usize, range: usize| rows[row]["by_position"][range]["kld"]["mean"].as_f64();
+    assert_eq!(kld(0, 0), Some(0.0), "f16 against itself");
+    assert!(kld(1, 0).unwrap() > 0.0 && kld(1, 1).unwrap() > 0.0);
+    // the second range is the half perplexity scores
+    assert_eq!(kld(1, 1), rows[1]["kld"]["mean"].as_f64());
+}

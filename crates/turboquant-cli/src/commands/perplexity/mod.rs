@@ -4,8 +4,10 @@
 //! The llama.cpp method: the text is tokenized once and cut into chunks of `-c` tokens (the
 //! first token of each replaced by BOS where the model adds one); each chunk is evaluated from
 //! an empty cache and the second half of its positions is scored. The f16 cache always runs
-//! first on each chunk; every other type runs the same chunk and is scored token by token
-//! against it: KL divergence, top-1 agreement, RMS of the change in p(correct token).
+//! first on each batch of a chunk; every other type runs the same batch and is scored token by
+//! token against it: KL divergence, top-1 agreement, RMS of the change in p(correct token).
+//! Chunks longer than 1024 tokens are also scored from their first token, and KLD and top-1 are
+//! reported by position range, so a decay with distance shows as a row.
 //!
 //! With `--check-repack` the reference is the f16 cache on a second copy of the model whose
 //! weights stay in plain CPU buffers, so the f16 row measures what the CPU's repacked weight
@@ -13,6 +15,7 @@
 
 mod scoring;
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -21,13 +24,12 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::token::LlamaToken;
 use serde::Serialize;
 use turboquant::parallel;
 
 use crate::llama::{self, ContextSettings, KvCacheSize, KvTypes, Model, WeightBuffer};
 use crate::{input, models};
-use scoring::{BaseToken, Scores, Summary};
+use scoring::{BaseToken, PositionRange, Scores, Summary};
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -40,7 +42,8 @@ pub struct Args {
     /// UTF-8 text to score, e.g. WikiText-2's test split
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
-    /// Tokens per chunk; the second half of each chunk is scored
+    /// Tokens per chunk; the second half of each chunk is scored. Chunks longer than 1024 tokens
+    /// also report KLD and top-1 by position (0-1K, 1K-2K, 2K-4K, ...) from the chunk's start
     #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
     pub ctx_size: u32,
     /// Score at most this many chunks (default: all the text holds)
@@ -82,6 +85,10 @@ pub struct Row {
     pub compression: f64,
     #[serde(flatten)]
     pub summary: Summary,
+    /// KLD and top-1 by position in the chunk (0-1K, 1K-2K, 2K-4K, ...), from its first token;
+    /// for contexts longer than 1024 tokens
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_position: Vec<PositionRange>,
     pub seconds: f64,
 }
 
@@ -185,19 +192,24 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let n_vocab = model.model.n_vocab() as usize;
+    // perplexity is llama.cpp's: the second half of each chunk; the divergence by position, for
+    // contexts long enough to span several position ranges, from the chunk's first token
     let first = n_ctx / 2;
-    let scored = n_ctx - 1 - first;
-    let mut base_log_probs = vec![0f32; scored * n_vocab];
-    let mut base_argmax = vec![0usize; scored];
-    let mut batch = LlamaBatch::new(settings_batch(n_ctx), 1);
+    let buckets = position_buckets(n_ctx);
+    let score_from = if buckets.len() > 1 { 0 } else { first };
+    let n_batch = scoring_batch(n_ctx, n_vocab);
+    let mut base_log_probs = vec![0f32; n_batch * n_vocab];
+    let mut base_argmax = vec![0usize; n_batch];
+    let mut batch = LlamaBatch::new(n_batch, 1);
     // the scoring runs between two decodes, when llama.cpp's threads are idle: on a model with a
     // large vocabulary it would otherwise take longer than the model itself on a GPU
     let score_threads = threads.max(1) as usize;
 
-    let bar = ProgressBar::new((chunks * runs.len()) as u64);
+    let batches_per_chunk = n_ctx.div_ceil(n_batch);
+    let bar = ProgressBar::new((chunks * batches_per_chunk * runs.len()) as u64);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} chunk×type  {msg}",
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} batch×type  {msg}",
         )
         .expect("valid template"),
     );
@@ -206,51 +218,59 @@ pub fn run(args: Args) -> Result<()> {
         if add_bos {
             chunk_tokens[0] = vocab.bos();
         }
-        for (i, run) in runs.iter_mut().enumerate() {
-            bar.set_message(format!("chunk {} of {chunks}, {}", chunk + 1, run.label));
-            let started = Instant::now();
-            evaluate_chunk(
-                &mut run.ctx,
-                &mut batch,
-                &chunk_tokens,
-                first,
-                |offset, logits| {
-                    let scored = offset..offset + logits.len();
+        for run in &mut runs {
+            run.ctx.clear_kv_cache();
+        }
+        // every type decodes the same batch in turn, so only one batch of the reference's
+        // distributions is held, whatever the context
+        for start in (0..n_ctx).step_by(n_batch) {
+            let end = (start + n_batch).min(n_ctx);
+            let scored = start.max(score_from)..end.min(n_ctx - 1);
+            batch.clear();
+            for (pos, &token) in chunk_tokens.iter().enumerate().take(end).skip(start) {
+                batch.add(token, pos as i32, &[0], scored.contains(&pos))?;
+            }
+            for (i, run) in runs.iter_mut().enumerate() {
+                bar.set_message(format!("chunk {} of {chunks}, {}", chunk + 1, run.label));
+                let started = Instant::now();
+                run.ctx.decode(&mut batch).with_context(|| {
+                    format!(
+                        "evaluating chunk {} with the {} cache",
+                        chunk + 1,
+                        run.label
+                    )
+                })?;
+                if !scored.is_empty() {
+                    let logits: Vec<&[f32]> = scored
+                        .clone()
+                        .map(|pos| run.ctx.get_logits_ith((pos - start) as i32))
+                        .collect();
                     if i == 0 {
-                        let log_probs =
-                            &mut base_log_probs[scored.start * n_vocab..scored.end * n_vocab];
-                        let jobs: Vec<_> = log_probs
+                        let jobs: Vec<_> = base_log_probs
                             .chunks_mut(n_vocab)
-                            .zip(&mut base_argmax[scored.clone()])
-                            .zip(logits)
+                            .zip(&mut base_argmax)
+                            .zip(&logits)
                             .collect();
                         parallel::map(jobs, score_threads, |((lp, argmax), l)| {
                             *argmax = scoring::log_softmax(l, lp);
                         });
                     }
-                    let jobs: Vec<_> = scored.zip(logits).collect();
-                    let scores = parallel::map(jobs, score_threads, |(pos, l)| {
+                    let jobs: Vec<_> = scored.clone().zip(&logits).enumerate().collect();
+                    let scores = parallel::map(jobs, score_threads, |(j, (pos, l))| {
                         let base = BaseToken {
-                            log_probs: &base_log_probs[pos * n_vocab..(pos + 1) * n_vocab],
-                            argmax: base_argmax[pos],
-                            target: chunk_tokens[first + pos + 1].0 as usize,
+                            log_probs: &base_log_probs[j * n_vocab..(j + 1) * n_vocab],
+                            argmax: base_argmax[j],
+                            target: chunk_tokens[pos + 1].0 as usize,
                         };
-                        scoring::score(l, &base)
+                        (pos, scoring::score(l, &base))
                     });
-                    for score in scores {
-                        run.scores.push(score);
+                    for (pos, score) in scores {
+                        run.scores.push(pos, pos >= first, score);
                     }
-                },
-            )
-            .with_context(|| {
-                format!(
-                    "evaluating chunk {} with the {} cache",
-                    chunk + 1,
-                    run.label
-                )
-            })?;
-            run.time += started.elapsed();
-            bar.inc(1);
+                }
+                run.time += started.elapsed();
+                bar.inc(1);
+            }
         }
     }
     bar.finish_and_clear();
@@ -267,6 +287,11 @@ pub fn run(args: Args) -> Result<()> {
             kv_mib: run.size.total_mib(),
             compression: reference_bytes as f64 / run.size.total_bytes().max(1) as f64,
             summary: run.scores.summary(),
+            by_position: if buckets.len() > 1 {
+                run.scores.by_position(&buckets)
+            } else {
+                Vec::new()
+            },
             seconds: run.time.as_secs_f64(),
         })
         .collect();
@@ -280,7 +305,7 @@ pub fn run(args: Args) -> Result<()> {
         text_file: args.file.display().to_string(),
         ctx_size: args.ctx_size,
         chunks,
-        tokens_scored_per_type: chunks * scored,
+        tokens_scored_per_type: chunks * (n_ctx - 1 - first),
         threads,
         weight_buffers: model.weight_buffers.clone(),
         repacked_layouts: model.repacked_layouts.clone(),
@@ -297,6 +322,10 @@ pub fn run(args: Args) -> Result<()> {
         println!("reference weights: {}", describe_buffers(reference));
     }
     println!("{}", table(&report.rows));
+    if buckets.len() > 1 {
+        println!("KLD against f16 (top-1 agreement) by position in the chunk:");
+        println!("{}", position_table(&report.rows));
+    }
     if let Some(json) = &args.json {
         crate::output::write_json(json, &report)?;
     }
@@ -337,42 +366,51 @@ fn reference_first(mut types: Vec<KvTypes>) -> Vec<KvTypes> {
     types
 }
 
-fn settings_batch(n_ctx: usize) -> usize {
-    n_ctx.min(2048)
+/// Positions decoded (and scored) per batch: at most 2048, and few enough that a batch of
+/// distributions takes at most 512 MiB per cache type (llama.cpp keeps each context's logits).
+fn scoring_batch(n_ctx: usize, n_vocab: usize) -> usize {
+    let fits = (512 << 20) / (n_vocab.max(1) * std::mem::size_of::<f32>());
+    n_ctx.min(2048).min(fits.max(64))
 }
 
-/// Runs one chunk from an empty cache and hands the logits of the scored positions (the second
-/// half, but for the last token) to `on_logits(index of the first, logits)`, a decoded batch at a
-/// time; the index counts from `first`.
-fn evaluate_chunk(
-    ctx: &mut LlamaContext<'_>,
-    batch: &mut LlamaBatch,
-    tokens: &[LlamaToken],
-    first: usize,
-    mut on_logits: impl FnMut(usize, &[&[f32]]),
-) -> Result<()> {
-    ctx.clear_kv_cache();
-    let n = tokens.len();
-    let n_batch = settings_batch(n);
-    for start in (0..n).step_by(n_batch) {
-        let end = (start + n_batch).min(n);
-        batch.clear();
-        for (pos, &token) in tokens.iter().enumerate().take(end).skip(start) {
-            let wanted = pos >= first && pos + 1 < n;
-            batch.add(token, pos as i32, &[0], wanted)?;
-        }
-        ctx.decode(batch)?;
-        let scored = start.max(first)..end.min(n - 1);
-        if scored.is_empty() {
-            continue;
-        }
-        let logits: Vec<&[f32]> = scored
-            .clone()
-            .map(|pos| ctx.get_logits_ith((pos - start) as i32))
-            .collect();
-        on_logits(scored.start - first, &logits);
+/// The position ranges the divergence is reported for: 0-1K, 1K-2K, 2K-4K, ... up to the
+/// context; one range for contexts of 1024 tokens or fewer.
+fn position_buckets(n_ctx: usize) -> Vec<Range<usize>> {
+    let mut buckets = Vec::new();
+    let mut from = 0;
+    let mut to = 1024;
+    while from < n_ctx {
+        buckets.push(from..to.min(n_ctx));
+        from = to;
+        to *= 2;
     }
-    Ok(())
+    buckets
+}
+
+fn position_table(rows: &[Row]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    let mut header = vec!["cache".to_string()];
+    header.extend(rows[0].by_position.iter().map(|r| {
+        let k = |n: usize| {
+            if n > 0 && n % 1024 == 0 {
+                format!("{}K", n / 1024)
+            } else {
+                n.to_string()
+            }
+        };
+        format!("{}-{}", k(r.from), k(r.to))
+    }));
+    table.set_header(header);
+    for row in &rows[1..] {
+        let mut cells = vec![Cell::new(&row.cache)];
+        cells.extend(row.by_position.iter().map(|r| {
+            Cell::new(format!("{:.4} ({:.1}%)", r.kld.mean, r.top1_pct))
+                .set_alignment(CellAlignment::Right)
+        }));
+        table.add_row(cells);
+    }
+    table
 }
 
 fn table(rows: &[Row]) -> Table {

@@ -1,7 +1,7 @@
 //! Scoring next-token distributions: each cache type against the f16 cache, token by token.
 //!
-//! The f16 distributions of one chunk are kept (as log-probabilities) while every other cache
-//! type runs the same chunk, so nothing larger than one chunk's distributions is ever held.
+//! The f16 distributions of one batch are kept (as log-probabilities) while every other cache
+//! type runs the same batch, so nothing larger than one batch's distributions is ever held.
 
 /// `log_softmax` of `logits` into `out`; returns the index of the largest logit.
 pub fn log_softmax(logits: &[f32], out: &mut [f32]) -> usize {
@@ -94,7 +94,19 @@ fn estimate(values: impl Iterator<Item = f64> + Clone) -> Estimate {
 /// Everything scored for one cache type.
 #[derive(Default)]
 pub struct Scores {
-    tokens: Vec<TokenScore>,
+    /// Each scored position: its place in the chunk, whether perplexity counts it (the second
+    /// half of the chunk), and its score.
+    tokens: Vec<(usize, bool, TokenScore)>,
+}
+
+/// The divergence over one range of positions in the chunk.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PositionRange {
+    pub from: usize,
+    pub to: usize,
+    pub tokens: usize,
+    pub kld: Estimate,
+    pub top1_pct: f64,
 }
 
 /// The summary a table row shows.
@@ -110,12 +122,41 @@ pub struct Summary {
 }
 
 impl Scores {
-    pub fn push(&mut self, score: TokenScore) {
-        self.tokens.push(score);
+    pub fn push(&mut self, position: usize, counts_for_ppl: bool, score: TokenScore) {
+        self.tokens.push((position, counts_for_ppl, score));
     }
 
+    /// KL divergence and top-1 agreement of the positions in each range.
+    pub fn by_position(&self, ranges: &[std::ops::Range<usize>]) -> Vec<PositionRange> {
+        ranges
+            .iter()
+            .map(|r| {
+                let t: Vec<&TokenScore> = self
+                    .tokens
+                    .iter()
+                    .filter(|(pos, _, _)| r.contains(pos))
+                    .map(|(_, _, s)| s)
+                    .collect();
+                PositionRange {
+                    from: r.start,
+                    to: r.end,
+                    tokens: t.len(),
+                    kld: estimate(t.iter().map(|s| s.kld)),
+                    top1_pct: 100.0 * t.iter().filter(|s| s.same_top1).count() as f64
+                        / t.len().max(1) as f64,
+                }
+            })
+            .collect()
+    }
+
+    /// The row's figures, over the positions perplexity counts.
     pub fn summary(&self) -> Summary {
-        let t = &self.tokens;
+        let t: Vec<TokenScore> = self
+            .tokens
+            .iter()
+            .filter(|(_, counts, _)| *counts)
+            .map(|(_, _, s)| *s)
+            .collect();
         let nll = estimate(t.iter().map(|s| s.nll));
         let diff = estimate(t.iter().map(|s| s.nll - s.base_nll));
         let ppl = nll.mean.exp();
@@ -188,15 +229,37 @@ mod tests {
     #[test]
     fn summary_of_scores() {
         let mut scores = Scores::default();
-        for (nll, base_nll) in [(1.0, 1.0), (3.0, 1.0)] {
-            scores.push(TokenScore {
-                nll,
-                base_nll,
-                kld: nll - base_nll,
-                same_top1: nll == base_nll,
-                delta_p: 0.1,
-            });
+        for (pos, (nll, base_nll)) in [(1.0, 1.0), (3.0, 1.0)].into_iter().enumerate() {
+            scores.push(
+                pos + 10,
+                true,
+                TokenScore {
+                    nll,
+                    base_nll,
+                    kld: nll - base_nll,
+                    same_top1: nll == base_nll,
+                    delta_p: 0.1,
+                },
+            );
         }
+        // a position outside perplexity's half counts only by position
+        scores.push(
+            0,
+            false,
+            TokenScore {
+                nll: 9.0,
+                base_nll: 1.0,
+                kld: 5.0,
+                same_top1: false,
+                delta_p: 0.5,
+            },
+        );
+        let ranges = scores.by_position(&[0..10, 10..20]);
+        assert_eq!(ranges[0].tokens, 1);
+        assert_eq!(ranges[0].kld.mean, 5.0);
+        assert_eq!(ranges[1].tokens, 2);
+        assert!((ranges[1].kld.mean - 1.0).abs() < 1e-12);
+        assert_eq!(ranges[1].top1_pct, 50.0);
         let s = scores.summary();
         assert!((s.ppl.mean - 2f64.exp()).abs() < 1e-9);
         assert!((s.ppl_ratio.mean - 1f64.exp()).abs() < 1e-9);
