@@ -62,6 +62,13 @@ pub struct Args {
     /// Write one JSON file per method and bit width into this folder
     #[arg(long)]
     pub json_dir: Option<PathBuf>,
+    /// Also write the captured queries and keys of every layer into this folder, for study
+    /// outside the command: L{layer}_q.f32 (tokens x query heads x head size, post-RoPE),
+    /// L{layer}_k.f32 (tokens x KV heads x head size), L{layer}_meta.txt (head size, query heads,
+    /// KV heads, tokens) and, with the turbo method, the mean and scales its context calibrated,
+    /// L{layer}_mu.f32 and L{layer}_scale.f32 (KV heads x head size); raw little-endian f32
+    #[arg(long)]
+    pub dump_qk: Option<PathBuf>,
 }
 
 /// Sums over the (head, query) rows of one layer.
@@ -194,6 +201,7 @@ pub fn run(args: Args) -> Result<()> {
         &methods,
         args.seeds,
         threads,
+        args.dump_qk.as_deref(),
         |layer| {
             bar.set_message(format!("layer {layer}"));
             bar.inc(1);
@@ -253,6 +261,37 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Writes one layer's captured Q and K (and the turbo transform of the lowest turbo width) as raw
+/// f32 files into `dir` (`--dump-qk`).
+fn dump_layer(
+    dir: &std::path::Path,
+    layer: &capture::LayerQk,
+    turbo: &BTreeMap<u8, BTreeMap<usize, TurboParams>>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let write = |name: String, values: &[f32]| -> Result<()> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
+    };
+    let il = layer.layer;
+    write(format!("L{il}_q.f32"), &layer.q)?;
+    write(format!("L{il}_k.f32"), &layer.k)?;
+    let tokens = layer.k.len() / (layer.head_dim * layer.kv_heads);
+    let meta = format!(
+        "{} {} {} {tokens}\n",
+        layer.head_dim, layer.q_heads, layer.kv_heads
+    );
+    let path = dir.join(format!("L{il}_meta.txt"));
+    std::fs::write(&path, meta).with_context(|| format!("cannot write {}", path.display()))?;
+    // every width calibrates the same way; the first is enough
+    if let Some(params) = turbo.values().next().and_then(|layers| layers.get(&il)) {
+        write(format!("L{il}_mu.f32"), &params.mu)?;
+        write(format!("L{il}_scale.f32"), &params.scale)?;
+    }
+    Ok(())
+}
+
 /// Per method: sums[seed][context][layer]; and the bits per value each method stored.
 pub struct Measured {
     sums: Vec<Vec<BTreeMap<usize, BTreeMap<usize, LayerSums>>>>,
@@ -271,6 +310,7 @@ pub fn measure(
     methods: &[Method],
     seeds: u64,
     threads: i32,
+    dump: Option<&std::path::Path>,
     mut on_layer: impl FnMut(usize),
 ) -> Result<Measured> {
     let longest = tokens.len();
@@ -306,6 +346,11 @@ pub fn measure(
     let mut failure: Option<anyhow::Error> = None;
     {
         let mut capture = capture::Capture::new(|layer| {
+            if let Some(dir) = dump {
+                if let Err(e) = dump_layer(dir, &layer, &turbo) {
+                    failure = Some(e);
+                }
+            }
             if failure.is_some() {
                 return;
             }
@@ -376,6 +421,7 @@ pub fn prompt_summary(
         std::slice::from_ref(&method),
         1,
         threads,
+        None,
         |_| {},
     )?;
     Ok(context_entry(&measured.sums[0], context, measured.bits[0]).metrics)
