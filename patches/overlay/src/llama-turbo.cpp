@@ -192,15 +192,134 @@ double turbo_sign(int32_t il, int64_t j) {
     return (x & 1) ? -1.0 : 1.0;
 }
 
+// How RoPE turns a layer's channels, read from the RoPE node that produced its Q or K: for each
+// channel, its partner in the rotated pair and the pair's angle per position (radians per
+// token). Channels RoPE leaves alone have no partner and angle 0.
+struct turbo_rope {
+    std::vector<int64_t> partner;
+    std::vector<double>  omega;
+};
+
+// Mirrors the angles of ggml's RoPE (ggml-cpu's rope cache): NORMAL and NEOX layouts, frequency
+// factors, YaRN. Other layouts (multi-section) and nodes that are not a RoPE give no rotation,
+// which leaves the statistics as measured, in the post-RoPE frame.
+turbo_rope turbo_rope_of(const ggml_tensor * t, int64_t d) {
+    turbo_rope r;
+    r.partner.assign(d, -1);
+    r.omega.assign(d, 0.0);
+    // past operations that keep each channel where it is (Gemma scales Q after RoPE)
+    for (int step = 0; step < 4 && t && t->op != GGML_OP_ROPE; ++step) {
+        const bool same_layout = t->op == GGML_OP_SCALE || t->op == GGML_OP_CONT ||
+            ((t->op == GGML_OP_RESHAPE || t->op == GGML_OP_VIEW) && t->src[0] && t->src[0]->ne[0] == t->ne[0]);
+        t = same_layout ? t->src[0] : nullptr;
+    }
+    if (!t || t->op != GGML_OP_ROPE || t->ne[0] != d) {
+        return r;
+    }
+    const int32_t * ip = t->op_params;
+    const int n_dims = ip[1];
+    const int mode   = ip[2];
+    const int n_ctx_orig = ip[4];
+    const int n_offs = ip[15];
+    float freq_base, freq_scale, ext_factor, beta_fast, beta_slow;
+    memcpy(&freq_base,  ip + 5, sizeof(float));
+    memcpy(&freq_scale, ip + 6, sizeof(float));
+    memcpy(&ext_factor, ip + 7, sizeof(float));
+    memcpy(&beta_fast,  ip + 9, sizeof(float));
+    memcpy(&beta_slow,  ip + 10, sizeof(float));
+    if ((mode != GGML_ROPE_TYPE_NORMAL && mode != GGML_ROPE_TYPE_NEOX) || n_dims <= 0 || n_offs < 0 || n_offs + n_dims > d) {
+        return r;
+    }
+    std::vector<float> ff(n_dims/2, 1.0f);
+    const ggml_tensor * factors = t->src[2];
+    if (factors && factors->type == GGML_TYPE_F32 && factors->ne[0] >= n_dims/2) {
+        ggml_backend_tensor_get(factors, ff.data(), 0, ff.size()*sizeof(float));
+    }
+    float corr_dims[2];
+    ggml_rope_yarn_corr_dims(n_dims, n_ctx_orig, freq_base, beta_fast, beta_slow, corr_dims);
+    const double theta_scale = std::pow((double) freq_base, -2.0/n_dims);
+    for (int i = 0; i < n_dims/2; ++i) {
+        double mix = freq_scale;
+        if (ext_factor != 0.0f) {
+            const double y = (i - corr_dims[0]) / std::max(0.001, (double) (corr_dims[1] - corr_dims[0]));
+            const double ramp = (1.0 - std::min(1.0, std::max(0.0, y))) * ext_factor;
+            mix = freq_scale*(1.0 - ramp) + ramp;
+        }
+        const double w = std::pow(theta_scale, i) / ff[i] * mix;
+        const int64_t a = n_offs + (mode == GGML_ROPE_TYPE_NEOX ? i : 2*i);
+        const int64_t b = a + (mode == GGML_ROPE_TYPE_NEOX ? n_dims/2 : 1);
+        r.partner[a] = b;
+        r.partner[b] = a;
+        r.omega[a] = r.omega[b] = w;
+    }
+    return r;
+}
+
+// How much each position of a context counts, and the weighted means of cos(p w), sin(p w) over
+// the positions the calibration did not see. A key at position p is weighted by the attention it
+// would receive if every query t >= p spread its attention evenly over the t + 1 keys it sees:
+// sum over t = p .. n_ctx-1 of 1/(t + 1). Early keys (the attention sink among them) weigh
+// most, as every later query sees them.
+struct turbo_position_weights {
+    int64_t n_ctx = 0;
+    int64_t n_seen = 0; // positions 0 .. n_seen-1 were measured
+    double measured = 1.0; // the share of the weight on the measured positions
+    std::map<double, std::pair<double, double>> cache; // angle per token -> (cos, sin) means
+
+    turbo_position_weights(int64_t n_ctx, int64_t n_seen) : n_ctx(std::max<int64_t>(n_ctx, 1)), n_seen(n_seen) {
+        double weight = 0.0, total = 0.0, early = 0.0;
+        for (int64_t p = this->n_ctx - 1; p >= 0; --p) {
+            weight += 1.0/(p + 1);
+            total += weight;
+            early += p < n_seen ? weight : 0.0;
+        }
+        measured = early/total;
+    }
+
+    // the means over positions n_seen .. n_ctx-1
+    std::pair<double, double> mean_rotation(double w) {
+        auto it = cache.find(w);
+        if (it != cache.end()) {
+            return it->second;
+        }
+        // from the last position down: the weight grows by 1/(p + 1), the angle steps back by w
+        const double cw = std::cos(w), sw = std::sin(w);
+        double zc = std::cos(w*(n_ctx - 1)), zs = std::sin(w*(n_ctx - 1));
+        double weight = 0.0, total = 0.0, sum_c = 0.0, sum_s = 0.0;
+        for (int64_t p = n_ctx - 1; p >= n_seen; --p) {
+            weight += 1.0/(p + 1);
+            total += weight;
+            sum_c += weight*zc;
+            sum_s += weight*zs;
+            const double c = zc*cw + zs*sw;
+            zs = zs*cw - zc*sw;
+            zc = c;
+        }
+        return cache[w] = total > 0 ? std::make_pair(sum_c/total, sum_s/total) : std::make_pair(1.0, 0.0);
+    }
+};
+
+// Moments of Q and K in the frame before RoPE (each token turned back by its position's angle),
+// so that their value at any other position follows: per channel the sum and the sum of squares,
+// and for the first channel of each rotated pair the sum of products with its partner.
 struct turbo_stats {
     int64_t d    = 0;
     int64_t n_kv = 0;
     int64_t n_q  = 0;
     double  n_k_tokens = 0;
     double  n_q_tokens = 0;
+    // how RoPE turned K and Q (read from their RoPE nodes; the same in any model we know)
+    turbo_rope rope_k;
+    turbo_rope rope_q;
     std::vector<double> k_sum;
     std::vector<double> k_sq;
+    std::vector<double> k_cross;
     std::vector<double> q_sq;
+    std::vector<double> q_cross;
+    // as measured, after RoPE
+    std::vector<double> k_sum_seen;
+    std::vector<double> k_sq_seen;
+    std::vector<double> q_sq_seen;
 };
 
 struct turbo_collector {
@@ -238,23 +357,63 @@ bool turbo_collect(ggml_tensor * t, bool ask, void * user_data) {
     if (t->ne[0] != s.d || t->ne[1] != heads) {
         return true;
     }
+    turbo_rope & rope = which == 'q' ? s.rope_q : s.rope_k;
+    if (rope.omega.empty()) {
+        rope = turbo_rope_of(t, s.d);
+    }
     const int64_t n_tokens = ggml_nelements(t) / (s.d*heads);
     c->buf.resize(ggml_nelements(t));
     ggml_backend_tensor_get(t, c->buf.data(), 0, ggml_nbytes(t));
 
+    // the calibration batch starts at position 0 of an empty cache; a batch split into several
+    // micro-batches arrives here in order
+    double & seen = which == 'q' ? s.n_q_tokens : s.n_k_tokens;
+    std::vector<double> x(s.d), ca(s.d), sa(s.d);
     for (int64_t tok = 0; tok < n_tokens; ++tok) {
-        const float * x = c->buf.data() + tok*s.d*heads;
-        for (int64_t j = 0; j < s.d*heads; ++j) {
-            const double v = std::isfinite(x[j]) ? x[j] : 0.0;
-            if (which == 'q') {
-                s.q_sq[j] += v*v;
-            } else {
-                s.k_sum[j] += v;
-                s.k_sq[j]  += v*v;
+        const double pos = seen + tok;
+        for (int64_t i = 0; i < s.d; ++i) {
+            ca[i] = std::cos(pos*rope.omega[i]);
+            sa[i] = std::sin(pos*rope.omega[i]);
+        }
+        for (int64_t h = 0; h < heads; ++h) {
+            const float * row = c->buf.data() + (tok*heads + h)*s.d;
+            const int64_t o = h*s.d;
+            for (int64_t i = 0; i < s.d; ++i) {
+                x[i] = std::isfinite(row[i]) ? row[i] : 0.0;
+                if (which == 'q') {
+                    s.q_sq_seen[o + i] += x[i]*x[i];
+                } else {
+                    s.k_sum_seen[o + i] += x[i];
+                    s.k_sq_seen [o + i] += x[i]*x[i];
+                }
+            }
+            // turn each pair back by its angle at this position
+            for (int64_t i = 0; i < s.d; ++i) {
+                const int64_t j = rope.partner[i];
+                if (j > i) {
+                    const double xi = x[i], xj = x[j];
+                    x[i] =  xi*ca[i] + xj*sa[i];
+                    x[j] = -xi*sa[i] + xj*ca[i];
+                }
+            }
+            for (int64_t i = 0; i < s.d; ++i) {
+                const int64_t j = rope.partner[i];
+                if (which == 'q') {
+                    s.q_sq[o + i] += x[i]*x[i];
+                    if (j > i) {
+                        s.q_cross[o + i] += x[i]*x[j];
+                    }
+                } else {
+                    s.k_sum[o + i] += x[i];
+                    s.k_sq [o + i] += x[i]*x[i];
+                    if (j > i) {
+                        s.k_cross[o + i] += x[i]*x[j];
+                    }
+                }
             }
         }
     }
-    (which == 'q' ? s.n_q_tokens : s.n_k_tokens) += n_tokens;
+    seen += n_tokens;
     return true;
 }
 
@@ -278,9 +437,14 @@ void llama_context::turbo_calibrate() {
             s.d    = hparams.n_embd_head_k(il);
             s.n_kv = hparams.n_head_kv(il);
             s.n_q  = hparams.n_head(il);
-            s.k_sum.assign(s.d*s.n_kv, 0.0);
-            s.k_sq .assign(s.d*s.n_kv, 0.0);
-            s.q_sq .assign(s.d*s.n_q,  0.0);
+            s.k_sum  .assign(s.d*s.n_kv, 0.0);
+            s.k_sq   .assign(s.d*s.n_kv, 0.0);
+            s.k_cross.assign(s.d*s.n_kv, 0.0);
+            s.q_sq   .assign(s.d*s.n_q,  0.0);
+            s.q_cross.assign(s.d*s.n_q,  0.0);
+            s.k_sum_seen.assign(s.d*s.n_kv, 0.0);
+            s.k_sq_seen .assign(s.d*s.n_kv, 0.0);
+            s.q_sq_seen .assign(s.d*s.n_q,  0.0);
             collector.layers[il] = std::move(s);
             owner[il] = kv;
         }
@@ -293,7 +457,7 @@ void llama_context::turbo_calibrate() {
     const std::string text = k_turbo_calibration_text;
     std::vector<llama_token> tokens(text.size() + 8);
     const int n_tok = llama_tokenize(vocab, text.c_str(), (int32_t) text.size(), tokens.data(), (int32_t) tokens.size(), true, false);
-    const int n = std::min<int>({ n_tok, (int) cparams.n_batch, (int) cparams.n_ctx });
+    const int n = std::min<int>({ n_tok, (int) cparams.n_ctx_seq });
     if (n < 32) {
         LLAMA_LOG_WARN("%s: too few tokens (%d) to calibrate the turbo cache; using the plain rotation\n", __func__, n);
         return;
@@ -306,7 +470,12 @@ void llama_context::turbo_calibrate() {
     cparams.cb_eval_user_data = &collector;
 
     const int64_t t_start_us = ggml_time_us();
-    const int ret = decode(llama_batch_get_one(tokens.data(), n));
+    // in batches of at most n_batch tokens, so a context made for short prompts calibrates too;
+    // the collector numbers the positions in order
+    int ret = 0;
+    for (int i = 0; i < n && ret == 0; i += (int) cparams.n_batch) {
+        ret = decode(llama_batch_get_one(tokens.data() + i, std::min<int>(n - i, cparams.n_batch)));
+    }
 
     cparams.cb_eval           = collector.user_cb;
     cparams.cb_eval_user_data = collector.user_data;
@@ -319,11 +488,25 @@ void llama_context::turbo_calibrate() {
         return;
     }
 
+    // The cache will hold keys at every position of a sequence's context, and RoPE turns each
+    // channel pair of a key by an angle that grows with its position: the mean and channel
+    // energies measured here hold at positions 0 .. n-1 only. Beyond them they follow from the
+    // same statistics taken before RoPE, turned by each position's angle. mu and s are those of
+    // keys and queries over the whole context, each position weighted by the attention a key
+    // there receives (turbo_position_weights): the measured statistics for the positions the
+    // calibration saw, the turned ones for the rest (pairs that turn through revolutions average
+    // out towards 0). A context no longer than the calibration text uses the measurement alone.
+    turbo_position_weights positions(cparams.n_ctx_seq, n);
     int n_done = 0;
     for (auto & [il, s] : collector.layers) {
         if (s.n_k_tokens < 16 || s.n_q_tokens < 16) {
             continue;
         }
+        // a layer whose Q and K were not turned alike (or whose RoPE is not read) keeps the
+        // statistics as measured
+        const bool same_rope = s.rope_q.omega == s.rope_k.omega && s.rope_q.partner == s.rope_k.partner;
+        const double f = same_rope ? positions.measured : 1.0;
+        const turbo_rope & rope = s.rope_k;
         const int64_t g = s.n_q / s.n_kv;
         std::vector<float> mu(s.d*s.n_kv);
         std::vector<float> scale(s.d*s.n_kv);
@@ -331,13 +514,43 @@ void llama_context::turbo_calibrate() {
         for (int64_t h = 0; h < s.n_kv; ++h) {
             for (int64_t i = 0; i < s.d; ++i) {
                 const int64_t j = h*s.d + i;
-                const double mean = s.k_sum[j] / s.n_k_tokens;
-                const double rms_k = std::sqrt(std::max(s.k_sq[j] / s.n_k_tokens - mean*mean, 0.0));
-                double q2 = 0.0;
+                // the pair (i, p), ia its first channel and ib its second (both i if unrotated)
+                const int64_t p  = rope.partner[i];
+                const int64_t ia = p < 0 || p > i ? i : p;
+                const int64_t ib = p < 0 ? i : std::max(i, p);
+                const bool first = ia == i;
+                const double w = rope.omega[i];
+                const auto [c1, s1] = positions.mean_rotation(w);
+                const auto [c2, s2] = positions.mean_rotation(2*w);
+                // weighted means of cos^2, sin^2 and sin*cos of the angle
+                const double ecc = (1 + c2)/2, ess = (1 - c2)/2, ecs = s2/2;
+                const bool pair = p >= 0;
+
+                const double nk = s.n_k_tokens;
+                const double ma  = s.k_sum[h*s.d + ia] / nk;
+                const double mb  = pair ? s.k_sum[h*s.d + ib] / nk : 0.0;
+                const double kaa = s.k_sq[h*s.d + ia] / nk;
+                const double kbb = pair ? s.k_sq[h*s.d + ib] / nk : 0.0;
+                const double kab = pair ? s.k_cross[h*s.d + ia] / nk : 0.0;
+                // beyond the calibration: the pre-RoPE mean turned by the mean rotation, and the
+                // mean square turned likewise
+                const double mean_far = first ? c1*ma - s1*mb : s1*ma + c1*mb;
+                const double k2_far = first ? ecc*kaa - 2*ecs*kab + ess*kbb : ess*kaa + 2*ecs*kab + ecc*kbb;
+                const double mean = f*s.k_sum_seen[j]/nk + (1 - f)*mean_far;
+                const double k2   = f*s.k_sq_seen[j]/nk  + (1 - f)*k2_far;
+                const double rms_k = std::sqrt(std::max(k2 - mean*mean, 0.0));
+
+                double q2_far = 0.0, q2_seen = 0.0;
                 for (int64_t r = 0; r < g; ++r) {
-                    q2 += s.q_sq[(h*g + r)*s.d + i];
+                    const int64_t o = (h*g + r)*s.d;
+                    const double qaa = s.q_sq[o + ia];
+                    const double qbb = pair ? s.q_sq[o + ib] : 0.0;
+                    const double qab = pair ? s.q_cross[o + ia] : 0.0;
+                    q2_far  += first ? ecc*qaa - 2*ecs*qab + ess*qbb : ess*qaa + 2*ecs*qab + ecc*qbb;
+                    q2_seen += s.q_sq_seen[o + i];
                 }
-                const double rms_q = std::sqrt(q2 / (g*s.n_q_tokens));
+                const double q2 = (f*q2_seen + (1 - f)*q2_far) / (g*s.n_q_tokens);
+                const double rms_q = std::sqrt(std::max(q2, 0.0));
                 const double sc = (rms_k > 1e-20 && rms_q > 1e-20) ? std::pow(rms_q / rms_k, k_turbo_balance) : 1.0;
                 mu[j] = (float) mean;
                 scale[j] = (float) sc;

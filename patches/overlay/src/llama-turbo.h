@@ -8,7 +8,9 @@
 // subtracting the mean and choosing s = sqrt(rms(q) / rms(k - mu)) per channel minimises the
 // score error that a given key error causes (for errors spread evenly over channels, as the
 // Hadamard rotation after this transform makes them). mu and s are measured once per context,
-// on a short built-in text (llama_context::turbo_calibrate).
+// on a short built-in text (llama_context::turbo_calibrate), and averaged over every position of
+// the context: RoPE turns a key's channel pairs by its position, so statistics taken at the
+// first few hundred positions alone would be wrong for distant keys.
 
 #pragma once
 

@@ -129,7 +129,6 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let mut settings = ContextSettings::new(n_ctx, types);
-    settings.n_batch = (tokens.len() as u32).clamp(1, 2048);
     if let Some(t) = args.threads {
         settings.threads = t;
     }

@@ -327,7 +327,6 @@ fn generate_side(
 ) -> Result<()> {
     let mut settings = ContextSettings::new(n_ctx, types);
     settings.threads = app.threads;
-    settings.n_batch = (tokens.len() as u32).clamp(1, 2048);
     let (mut ctx, kv) = llama::new_context(&app.model, &settings)?;
     let bpv = app.model.shape.bits_per_value(types);
     let _ = tx.send(json!({
