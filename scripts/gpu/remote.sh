@@ -10,6 +10,8 @@
 #   remote.sh suite NAME         run a named suite, JSON and logs under $OUT (or /tmp/tq/out):
 #                                  correctness   backend-check, perplexity of both models, all on
 #                                                the GPU and with attention on the CPU (-ngl 0)
+#                                  long          perplexity by position at contexts of 8K-32K
+#                                                (Gemma-3) and 4K-8K (SmolLM2), q4_0 and turbo
 #                                  bench-small   bench of both models at depths 0, 8192, 32768
 #                                  bench-8b      bench of the llama-8b shape (below)
 #   remote.sh llama-8b           write a random-weight llama-8b shape to $W/llama-8b.gguf if it is
@@ -144,6 +146,18 @@ case "${1:-}" in
             "$out/perplexity-$m-cuda-attention-on-cpu.json" 2>&1 | tee "$out/kld-match-$m.txt" || echo "(failed: $?)"
         done
         ;;
+      long)
+        # KLD by position at long contexts (model, context, chunks): 65536 tokens at 8K and 16K and
+        # one chunk at 32K on Gemma-3, 32768 tokens on SmolLM2 (trained on 8192); about 5 minutes
+        # on the H100 once built
+        for run in "gemma3-270m 8192 8" "gemma3-270m 16384 4" "gemma3-270m 32768 1" \
+                   "smollm2-135m 4096 8" "smollm2-135m 8192 4"; do
+          set -- $run
+          tq perplexity -m "$1" -f "$here/wikitext-2-test.txt" -c "$2" --chunks "$3" -ngl 99 \
+            --kv-quant f16,q4_0,turbo4,turbo3 --json "$out/perplexity-$1-c$2-cuda.json" 2>&1 |
+            tee "$out/perplexity-$1-c$2-cuda.txt" || echo "(failed: $?)"
+        done
+        ;;
       bench-small)
         for m in smollm2-135m gemma3-270m; do
           tq bench -m "$m" -p 512 -n 128 -d 0,8192,32768 -r 3 --kv-quant "$TYPES" \
@@ -156,7 +170,7 @@ case "${1:-}" in
           --json "$out/bench-llama-8b-cuda.json" 2>&1 | tee "$out/bench-llama-8b-cuda.txt" || echo "(failed: $?)"
         ;;
       *)
-        echo "unknown suite '${2:-}': correctness, bench-small or bench-8b" >&2
+        echo "unknown suite '${2:-}': correctness, long, bench-small or bench-8b" >&2
         exit 2
         ;;
     esac
