@@ -107,3 +107,46 @@ fn long_contexts_report_the_divergence_by_position() {
     // the second range is the half perplexity scores
     assert_eq!(kld(1, 1), rows[1]["kld"]["mean"].as_f64());
 }
+
+#[test]
+fn turbo_seeds_run_each_turbo_type_once_per_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ppl.json");
+    succeed(
+        turboquant()
+            .args(["perplexity", "-m"])
+            .arg(smollm2())
+            .arg("-f")
+            .arg(wikitext())
+            .args(["--chunks", "1", "--kv-quant", "q8_0,turbo3"])
+            .args(["--turbo-seeds", "0,7", "--json"])
+            .arg(&json),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["cache"].as_str().unwrap()).collect();
+    assert_eq!(names, ["f16", "q8_0", "turbo3, seed 0", "turbo3, seed 7"]);
+    assert!(
+        rows[1].get("turbo_seed").is_none(),
+        "q8_0 has no turbo seed"
+    );
+    let kld = |i: usize| rows[i]["kld"]["mean"].as_f64().unwrap();
+    assert_ne!(kld(2), kld(3), "another seed turns the keys another way");
+    let spread = &report["over_seeds"][0];
+    assert_eq!(spread["cache"], "turbo3");
+    assert_eq!(spread["seeds"], serde_json::json!([0, 7]));
+    let mean = spread["kld"]["mean"].as_f64().unwrap();
+    assert!((mean - (kld(2) + kld(3)) / 2.0).abs() < 1e-12);
+
+    let out = turboquant()
+        .args(["perplexity", "-m"])
+        .arg(smollm2())
+        .arg("-f")
+        .arg(wikitext())
+        .args(["--chunks", "1", "--turbo-seeds", "3,3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("twice"), "{stderr}");
+}

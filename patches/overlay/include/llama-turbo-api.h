@@ -15,6 +15,11 @@ extern "C" {
     // Returns false when the layer has no turbo cache (or n is not the layer's size).
     LLAMA_API bool llama_turbo_layer_params(struct llama_context * ctx, int32_t il, float * mu, float * scale, int64_t n);
 
+    // The seed of the random signs that make the turbo cache's Hadamard rotation a randomized one,
+    // for every context created after the call (0, the default, is the built-in pattern). Studies
+    // of the variance over rotations set it; the cache's quality is otherwise the same for any.
+    LLAMA_API void llama_turbo_set_seed(uint32_t seed);
+
 #ifdef __cplusplus
 }
 #endif

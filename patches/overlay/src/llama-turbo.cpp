@@ -11,6 +11,7 @@
 #include "llama-model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -177,6 +178,9 @@ static const char * k_turbo_calibration_text =
     "Someone starts to tell a story about the winter when the harbour froze, and everybody "
     "listens, although they have heard it many times before.";
 
+// The seed of the random signs for contexts created from now on (llama_turbo_set_seed).
+static std::atomic<uint32_t> g_turbo_seed{0};
+
 namespace {
 
 // The exponent of the channel balance s = (rms(q) / rms(k - mu))^balance. Minimising the mean
@@ -184,10 +188,12 @@ namespace {
 // (the error is not spread exactly evenly) and as good at 3 and 4.
 constexpr double k_turbo_balance = 0.4;
 
-// A fixed pseudo-random sign per channel: folded into s, it makes the Hadamard rotation that
-// follows a randomized one (H times random signs), as the TurboQuant paper's random rotation asks.
-double turbo_sign(int32_t il, int64_t j) {
-    uint64_t x = (uint64_t) il * 0x9E3779B97F4A7C15ull + (uint64_t) j * 0xBF58476D1CE4E5B9ull + 0x94D049BB133111EBull;
+// A pseudo-random sign per channel: folded into s, it makes the Hadamard rotation that follows a
+// randomized one (H times random signs), as the TurboQuant paper's random rotation asks. Seed 0
+// gives the built-in pattern (llama_turbo_set_seed).
+double turbo_sign(int32_t il, int64_t j, uint32_t seed) {
+    uint64_t x = (uint64_t) il * 0x9E3779B97F4A7C15ull + (uint64_t) j * 0xBF58476D1CE4E5B9ull + 0x94D049BB133111EBull +
+        (uint64_t) seed * 0xD1B54A32D192ED03ull;
     x ^= x >> 31; x *= 0xD6E8FEB86659FD93ull; x ^= x >> 32;
     return (x & 1) ? -1.0 : 1.0;
 }
@@ -497,6 +503,7 @@ void llama_context::turbo_calibrate() {
     // calibration saw, the turned ones for the rest (pairs that turn through revolutions average
     // out towards 0). A context no longer than the calibration text uses the measurement alone.
     turbo_position_weights positions(cparams.n_ctx_seq, n);
+    const uint32_t seed = g_turbo_seed.load();
     int n_done = 0;
     for (auto & [il, s] : collector.layers) {
         if (s.n_k_tokens < 16 || s.n_q_tokens < 16) {
@@ -561,7 +568,7 @@ void llama_context::turbo_calibrate() {
         const double norm = std::exp(-log_sum / (s.d*s.n_kv));
         for (int64_t j = 0; j < s.d*s.n_kv; ++j) {
             const double sc = std::min(32.0, std::max(1.0/32.0, scale[j]*norm));
-            scale[j] = (float) (turbo_sign(il, j) * sc);
+            scale[j] = (float) (turbo_sign(il, j, seed) * sc);
         }
         owner[il]->turbo_set(il, mu.data(), scale.data());
         n_done++;
@@ -601,4 +608,8 @@ bool llama_turbo_layer_params(llama_context * ctx, int32_t il, float * mu, float
         return true;
     }
     return false;
+}
+
+void llama_turbo_set_seed(uint32_t seed) {
+    g_turbo_seed.store(seed);
 }

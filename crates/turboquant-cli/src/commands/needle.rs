@@ -45,6 +45,10 @@ pub struct Args {
     /// Layers to offload to the GPU, where the build has one
     #[arg(long = "ngl", visible_alias = "n-gpu-layers", default_value_t = 999)]
     pub n_gpu_layers: u32,
+    /// Seed of the turbo cache types' random signs, which make their rotation a randomized one
+    /// (0: the built-in pattern, as llama.cpp's own tools use)
+    #[arg(long, default_value_t = 0)]
+    pub turbo_seed: u32,
     /// Also write the results as JSON to this file
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -137,6 +141,7 @@ pub fn run(args: Args) -> Result<()> {
             .collect();
         for &t in &types {
             let mut settings = ContextSettings::new(context, t);
+            settings.turbo_seed = args.turbo_seed;
             if let Some(threads) = args.threads {
                 settings.threads = threads;
             }

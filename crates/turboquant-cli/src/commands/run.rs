@@ -61,6 +61,10 @@ pub struct Args {
     /// Threads (default: all cores)
     #[arg(short = 't', long)]
     pub threads: Option<i32>,
+    /// Seed of the turbo cache types' random signs, which make their rotation a randomized one
+    /// (0: the built-in pattern, as llama.cpp's own tools use)
+    #[arg(long, default_value_t = 0)]
+    pub turbo_seed: u32,
     /// Also write the statistics as JSON to this file
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -129,6 +133,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let mut settings = ContextSettings::new(n_ctx, types);
+    settings.turbo_seed = args.turbo_seed;
     if let Some(t) = args.threads {
         settings.threads = t;
     }

@@ -67,6 +67,11 @@ impl CacheType {
         Self::lookup(&format!("turbo{bits}")).expect("this build has the turbo types")
     }
 
+    /// turbo2, turbo3 or turbo4: the types whose K cache has the calibrated transform.
+    pub fn is_turbo(self) -> bool {
+        self.name().starts_with("turbo")
+    }
+
     pub fn ggml(self) -> sys::ggml_type {
         self.ggml
     }

@@ -360,6 +360,8 @@ pub struct ContextSettings {
     pub n_seq: u32,
     pub threads: i32,
     pub types: KvTypes,
+    /// Seed of the turbo types' random signs (0: the built-in pattern); see `llama_turbo_set_seed`.
+    pub turbo_seed: u32,
 }
 
 impl ContextSettings {
@@ -372,6 +374,7 @@ impl ContextSettings {
             n_seq: 1,
             threads: default_threads(),
             types,
+            turbo_seed: 0,
         }
     }
 }
@@ -492,7 +495,12 @@ pub fn new_context<'m>(
 
     let _one_at_a_time = CONTEXT_CREATION.lock().unwrap_or_else(|e| e.into_inner());
     let mark = logs::mark();
-    let context = model.model.new_context(backend(), params).map_err(|e| {
+    // the seed is read when the context calibrates its turbo cache, inside new_context
+    // SAFETY: sets a process-wide value; contexts are created one at a time (the lock above).
+    unsafe { sys::llama_turbo_set_seed(settings.turbo_seed) };
+    let context = model.model.new_context(backend(), params);
+    unsafe { sys::llama_turbo_set_seed(0) };
+    let context = context.map_err(|e| {
         anyhow!(
             "llama.cpp could not create a context of {} tokens with a {} cache: {e}{}",
             settings.n_ctx,

@@ -68,9 +68,42 @@ pub struct Args {
     /// repacking changes
     #[arg(long, conflicts_with = "no_repack")]
     pub check_repack: bool,
+    /// Seeds of the turbo types' random signs (their randomized rotation), comma-separated.
+    /// With several, every type with a turbo K cache runs once per seed, and the report adds
+    /// each one's mean and standard deviation over the seeds
+    #[arg(long = "turbo-seeds", default_value = "0", value_delimiter = ',')]
+    pub turbo_seeds: Vec<u32>,
     /// Also write the results as JSON to this file
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// A cache type's figures over several seeds of its random signs: mean and standard deviation.
+#[derive(Serialize, Debug)]
+pub struct SeedSpread {
+    pub cache: String,
+    pub seeds: Vec<u32>,
+    pub kld: Spread,
+    pub ppl_ratio: Spread,
+    pub top1_pct: Spread,
+}
+
+#[derive(Serialize, Debug, Clone, Copy)]
+pub struct Spread {
+    pub mean: f64,
+    pub sd: f64,
+}
+
+impl Spread {
+    fn of(values: &[f64]) -> Spread {
+        let n = values.len().max(1) as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0).max(1.0);
+        Spread {
+            mean,
+            sd: var.sqrt(),
+        }
+    }
 }
 
 /// One row of the result.
@@ -83,6 +116,9 @@ pub struct Row {
     pub kv_bytes: KvCacheSize,
     pub kv_mib: f64,
     pub compression: f64,
+    /// The seed of the turbo K cache's random signs, for types that have one
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turbo_seed: Option<u32>,
     #[serde(flatten)]
     pub summary: Summary,
     /// KLD and top-1 by position in the chunk (0-1K, 1K-2K, 2K-4K, ...), from its first token;
@@ -110,6 +146,9 @@ pub struct Report {
     pub repacked_layouts: std::collections::BTreeMap<String, usize>,
     /// The repacked buffer types this build offers on this CPU (`AMX`, `CPU_REPACK`)
     pub cpu_repack_types: Vec<String>,
+    /// With several --turbo-seeds: each turbo type's spread over the seeds
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub over_seeds: Vec<SeedSpread>,
     /// With --check-repack: where the reference's weights were (plain buffers)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference_weight_buffers: Option<Vec<WeightBuffer>>,
@@ -118,6 +157,13 @@ pub struct Report {
 
 pub fn run(args: Args) -> Result<()> {
     let types = reference_first(KvTypes::parse_list(&args.kv_quant)?);
+    let seeds = &args.turbo_seeds;
+    if seeds.is_empty() {
+        bail!("--turbo-seeds needs at least one seed");
+    }
+    if (1..seeds.len()).any(|i| seeds[..i].contains(&seeds[i])) {
+        bail!("--turbo-seeds lists a seed twice: {seeds:?}");
+    }
     let text = input::read_text_file(&args.file)?;
     if args.ctx_size < 16 {
         bail!(
@@ -164,26 +210,36 @@ pub fn run(args: Args) -> Result<()> {
     let threads = args.threads.unwrap_or_else(llama::default_threads);
 
     let mut runs = Vec::new();
-    // (label, model, cache types): the reference first
-    let mut plan: Vec<(String, &Model, KvTypes)> = Vec::new();
-    match &plain {
-        Some(plain) => {
-            plan.push((
-                format!("{}, plain weights", KvTypes::F16),
-                plain,
-                KvTypes::F16,
-            ));
-            plan.extend(types.iter().map(|t| (t.to_string(), &model, *t)));
-        }
-        None => plan.extend(types.iter().map(|t| (t.to_string(), &model, *t))),
+    // (label, model, cache types, turbo seed): the reference first
+    let mut plan: Vec<(String, &Model, KvTypes, Option<u32>)> = Vec::new();
+    if let Some(plain) = &plain {
+        plan.push((
+            format!("{}, plain weights", KvTypes::F16),
+            plain,
+            KvTypes::F16,
+            None,
+        ));
     }
-    for (label, on, t) in plan {
+    for t in &types {
+        match (t.k.is_turbo(), seeds.as_slice()) {
+            (false, _) => plan.push((t.to_string(), &model, *t, None)),
+            (true, [seed]) => plan.push((t.to_string(), &model, *t, Some(*seed))),
+            (true, _) => plan.extend(
+                seeds
+                    .iter()
+                    .map(|s| (format!("{t}, seed {s}"), &model, *t, Some(*s))),
+            ),
+        }
+    }
+    for (label, on, t, seed) in plan {
         let mut settings = ContextSettings::new(args.ctx_size, t);
         settings.threads = threads;
+        settings.turbo_seed = seed.unwrap_or(0);
         let (ctx, size) = llama::new_context(on, &settings)?;
         runs.push(TypeRun {
             label,
             types: t,
+            turbo_seed: seed,
             ctx,
             size,
             scores: Scores::default(),
@@ -280,6 +336,7 @@ pub fn run(args: Args) -> Result<()> {
         .iter()
         .map(|run| Row {
             cache: run.label.clone(),
+            turbo_seed: run.turbo_seed,
             k_type: run.types.k.to_string(),
             v_type: run.types.v.to_string(),
             bits_per_value: model.shape.bits_per_value(run.types),
@@ -311,6 +368,11 @@ pub fn run(args: Args) -> Result<()> {
         repacked_layouts: model.repacked_layouts.clone(),
         cpu_repack_types: llama::cpu_repack_types(),
         reference_weight_buffers: plain.as_ref().map(|p| p.weight_buffers.clone()),
+        over_seeds: if seeds.len() > 1 {
+            over_seeds(&runs, &rows)
+        } else {
+            Vec::new()
+        },
         rows,
     };
     println!(
@@ -322,6 +384,13 @@ pub fn run(args: Args) -> Result<()> {
         println!("reference weights: {}", describe_buffers(reference));
     }
     println!("{}", table(&report.rows));
+    if !report.over_seeds.is_empty() {
+        println!(
+            "over {} seeds of the turbo types' random signs (mean ± standard deviation):",
+            seeds.len()
+        );
+        println!("{}", seed_table(&report.over_seeds));
+    }
     if buckets.len() > 1 {
         println!("KLD against f16 (top-1 agreement) by position in the chunk:");
         println!("{}", position_table(&report.rows));
@@ -333,13 +402,69 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 struct TypeRun<'m> {
-    /// The row's name: the cache types, and for --check-repack's reference its weights
+    /// The row's name: the cache types, the seed where several are run, and for
+    /// --check-repack's reference its weights
     label: String,
     types: KvTypes,
+    turbo_seed: Option<u32>,
     ctx: LlamaContext<'m>,
     size: KvCacheSize,
     scores: Scores,
     time: Duration,
+}
+
+/// Each cache type run with several seeds: its figures' mean and spread over them.
+fn over_seeds(runs: &[TypeRun<'_>], rows: &[Row]) -> Vec<SeedSpread> {
+    let mut out: Vec<SeedSpread> = Vec::new();
+    let mut done: Vec<KvTypes> = Vec::new();
+    for run in runs.iter().filter(|r| r.turbo_seed.is_some()) {
+        if done.contains(&run.types) {
+            continue;
+        }
+        done.push(run.types);
+        let same: Vec<(&TypeRun<'_>, &Row)> = runs
+            .iter()
+            .zip(rows)
+            .filter(|(r, _)| r.types == run.types && r.turbo_seed.is_some())
+            .collect();
+        let field = |f: fn(&Summary) -> f64| -> Spread {
+            Spread::of(
+                &same
+                    .iter()
+                    .map(|(_, row)| f(&row.summary))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        out.push(SeedSpread {
+            cache: run.types.to_string(),
+            seeds: same.iter().filter_map(|(r, _)| r.turbo_seed).collect(),
+            kld: field(|s| s.kld.mean),
+            ppl_ratio: field(|s| s.ppl_ratio.mean),
+            top1_pct: field(|s| s.top1_pct),
+        });
+    }
+    out
+}
+
+fn seed_table(spreads: &[SeedSpread]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "cache",
+        "seeds",
+        "PPL ratio",
+        "KLD",
+        "top-1 %",
+    ]);
+    for s in spreads {
+        table.add_row(vec![
+            Cell::new(&s.cache),
+            Cell::new(s.seeds.len()),
+            Cell::new(format!("{:.4} ± {:.4}", s.ppl_ratio.mean, s.ppl_ratio.sd)),
+            Cell::new(format!("{:.4} ± {:.4}", s.kld.mean, s.kld.sd)),
+            Cell::new(format!("{:.1} ± {:.1}", s.top1_pct.mean, s.top1_pct.sd)),
+        ]);
+    }
+    table
 }
 
 /// `CPU_REPACK 50.3 MiB, CPU_Mapped 97.0 MiB`.
