@@ -2,27 +2,19 @@
 
 mod common;
 
-use common::{smollm2, succeed, text, turboquant, wikitext};
+use common::{perplexity_report, smollm2, text, turboquant, wikitext};
 
 #[test]
 fn f16_is_its_own_reference_and_q4_0_is_worse_than_q8_0() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("ppl.json");
-    let (stdout, _) = succeed(
-        turboquant()
-            .args(["perplexity", "-m"])
-            .arg(smollm2())
-            .arg("-f")
-            .arg(wikitext())
-            .args(["--chunks", "3", "--kv-quant", "q4_0,q8_0,f16", "--json"])
-            .arg(&json),
+    let (stdout, report) = perplexity_report(
+        &smollm2(),
+        &["--chunks", "3", "--kv-quant", "q4_0,q8_0,f16"],
     );
     assert!(
         stdout.contains("PPL ratio") && stdout.contains("q4_0"),
         "{stdout}"
     );
 
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["cache"].as_str().unwrap()).collect();
     assert_eq!(
@@ -62,27 +54,11 @@ fn f16_is_its_own_reference_and_q4_0_is_worse_than_q8_0() {
 
 #[test]
 fn long_contexts_report_the_divergence_by_position() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("ppl.json");
-    let (stdout, _) = succeed(
-        turboquant()
-            .args(["perplexity", "-m"])
-            .arg(smollm2())
-            .arg("-f")
-            .arg(wikitext())
-            .args([
-                "-c",
-                "2048",
-                "--chunks",
-                "1",
-                "--kv-quant",
-                "q8_0",
-                "--json",
-            ])
-            .arg(&json),
+    let (stdout, report) = perplexity_report(
+        &smollm2(),
+        &["-c", "2048", "--chunks", "1", "--kv-quant", "q8_0"],
     );
     assert!(stdout.contains("by position"), "{stdout}");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
     // perplexity still counts the second half only
     assert_eq!(report["tokens_scored_per_type"].as_u64().unwrap(), 1023);
@@ -110,19 +86,17 @@ fn long_contexts_report_the_divergence_by_position() {
 
 #[test]
 fn turbo_seeds_run_each_turbo_type_once_per_seed() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("ppl.json");
-    succeed(
-        turboquant()
-            .args(["perplexity", "-m"])
-            .arg(smollm2())
-            .arg("-f")
-            .arg(wikitext())
-            .args(["--chunks", "1", "--kv-quant", "q8_0,turbo3"])
-            .args(["--turbo-seeds", "0,7", "--json"])
-            .arg(&json),
+    let (_, report) = perplexity_report(
+        &smollm2(),
+        &[
+            "--chunks",
+            "1",
+            "--kv-quant",
+            "q8_0,turbo3",
+            "--turbo-seeds",
+            "0,7",
+        ],
     );
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["cache"].as_str().unwrap()).collect();
     assert_eq!(names, ["f16", "q8_0", "turbo3, seed 0", "turbo3, seed 7"]);

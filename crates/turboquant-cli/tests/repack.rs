@@ -12,7 +12,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{gemma3, note, smollm2, succeed, turboquant, wikitext};
+use common::{gemma3, note, perplexity_report, smollm2, succeed, turboquant};
 
 /// KL divergence of the repacked run against the plain one: what re-rounding the plain path's
 /// matrix products by one part in 10^7 already moves SmolLM2 by.
@@ -35,19 +35,18 @@ fn cpu_has_amx() -> bool {
 }
 
 fn check(alias: &str, model: &Path) {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("repack.json");
-    succeed(
-        turboquant()
-            .args(["perplexity", "-m"])
-            .arg(model)
-            .arg("-f")
-            .arg(wikitext())
-            .args(["-c", "512", "--chunks", CHUNKS, "--kv-quant", "f16"])
-            .args(["--check-repack", "--json"])
-            .arg(&json),
+    let (_, report) = perplexity_report(
+        model,
+        &[
+            "-c",
+            "512",
+            "--chunks",
+            CHUNKS,
+            "--kv-quant",
+            "f16",
+            "--check-repack",
+        ],
     );
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let names = |key: &str| -> Vec<String> {
         report[key]
             .as_array()

@@ -38,6 +38,25 @@ pub fn smollm2() -> PathBuf {
     PATH.get_or_init(|| fetched("smollm2-135m")).clone()
 }
 
+/// Runs `turboquant perplexity -m MODEL -f <the test text> ARGS... --json FILE`, which must
+/// succeed, and returns its stdout and its JSON report.
+pub fn perplexity_report(model: &std::path::Path, args: &[&str]) -> (String, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("perplexity.json");
+    let (stdout, _) = succeed(
+        turboquant()
+            .args(["perplexity", "-m"])
+            .arg(model)
+            .arg("-f")
+            .arg(wikitext())
+            .args(args)
+            .arg("--json")
+            .arg(&json),
+    );
+    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (stdout, report)
+}
+
 /// Gemma-3-270M, fetched once.
 pub fn gemma3() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
