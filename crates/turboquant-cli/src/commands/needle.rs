@@ -1,7 +1,9 @@
 //! `turboquant needle`: a fact hidden at several depths of a long document, the model asked for
 //! it, the answer generated with the cache compressed live. Pass or fail per cache type, context
 //! length and depth: an exact match has every word of the answer in order; a partial match
-//! counts the share of the answer's words that appear.
+//! counts the share of the answer's words that appear. With `--trials N`, every context and depth
+//! is tried with N different needles in N different documents, and each cell reports its pass
+//! rate with a 95% (Wilson) interval, so that two caches can be told apart from chance.
 
 use std::path::PathBuf;
 
@@ -12,7 +14,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
 use serde::Serialize;
 
-use crate::document::{self, NEEDLE};
+use crate::document::{self, Needle};
 use crate::llama::{self, ContextSettings, KvTypes, Model};
 use crate::models;
 
@@ -36,6 +38,10 @@ pub struct Args {
         default_value = "f16,q8_0,q4_0,turbo4,turbo3,turbo2,q8_0:turbo3"
     )]
     pub kv_quant: String,
+    /// Trials per context and depth: trial i hides needle i (a place and a passphrase of three
+    /// words drawn from i; trial 0 is the reference passphrase) in a document of its own
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub trials: u32,
     /// Tokens generated for the answer
     #[arg(short = 'n', long = "n-predict", default_value_t = 12)]
     pub n_predict: u32,
@@ -59,10 +65,28 @@ pub struct Trial {
     pub cache: String,
     pub context: u32,
     pub depth: f64,
+    /// Which needle and document (`--trials`).
+    pub trial: u32,
+    pub expected: String,
     pub prompt_tokens: usize,
     pub answer: String,
     pub exact_match: bool,
     /// Share of the expected answer's words found in the answer.
+    pub partial_match: f64,
+}
+
+/// The pass rate of one cache at one context, over one depth or all of them.
+#[derive(Serialize, Debug)]
+pub struct PassRate {
+    pub cache: String,
+    pub context: u32,
+    /// None: every depth together.
+    pub depth: Option<f64>,
+    pub trials: usize,
+    pub passed: usize,
+    pub pass_rate: f64,
+    /// The 95% Wilson score interval of the pass rate.
+    pub ci95: [f64; 2],
     pub partial_match: f64,
 }
 
@@ -71,14 +95,74 @@ pub struct Report {
     pub command: String,
     pub model: String,
     pub model_file: String,
+    /// The reference needle (trial 0); trial i's is in its row.
     pub needle: String,
     pub question: String,
     pub expected: String,
+    pub trials_per_cell: u32,
+    pub summary: Vec<PassRate>,
     pub trials: Vec<Trial>,
 }
 
-const QUESTION_TEMPLATE: &str =
-    "\n\nQuestion: {q}\nAnswer: The secret passphrase for the archive is";
+/// The 95% Wilson score interval of `passed` successes in `n` trials: unlike the normal
+/// approximation it stays inside [0, 1] and is not empty at 0/n or n/n.
+pub fn wilson95(passed: usize, n: usize) -> [f64; 2] {
+    if n == 0 {
+        return [0.0, 1.0];
+    }
+    let (n, p) = (n as f64, passed as f64 / n as f64);
+    let z: f64 = 1.959_963_984_540_054;
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    [(centre - half).max(0.0), (centre + half).min(1.0)]
+}
+
+/// One cell per cache, context and depth, and one per cache and context over all depths.
+fn summarize(trials: &[Trial]) -> Vec<PassRate> {
+    // per cache and context (in the order run): each depth, then all depths together
+    let mut pairs: Vec<(&str, u32)> = Vec::new();
+    for t in trials {
+        if !pairs.contains(&(t.cache.as_str(), t.context)) {
+            pairs.push((t.cache.as_str(), t.context));
+        }
+    }
+    let mut keys: Vec<(&str, u32, Option<f64>)> = Vec::new();
+    for (cache, context) in pairs {
+        for t in trials
+            .iter()
+            .filter(|t| t.cache == cache && t.context == context)
+        {
+            if !keys.contains(&(cache, context, Some(t.depth))) {
+                keys.push((cache, context, Some(t.depth)));
+            }
+        }
+        keys.push((cache, context, None));
+    }
+    keys.into_iter()
+        .map(|(cache, context, depth)| {
+            let cell: Vec<&Trial> = trials
+                .iter()
+                .filter(|t| {
+                    t.cache == cache && t.context == context && depth.is_none_or(|d| t.depth == d)
+                })
+                .collect();
+            let passed = cell.iter().filter(|t| t.exact_match).count();
+            PassRate {
+                cache: cache.to_string(),
+                context,
+                depth,
+                trials: cell.len(),
+                passed,
+                pass_rate: passed as f64 / cell.len() as f64,
+                ci95: wilson95(passed, cell.len()),
+                partial_match: cell.iter().map(|t| t.partial_match).sum::<f64>()
+                    / cell.len() as f64,
+            }
+        })
+        .collect()
+}
+
+const QUESTION_TEMPLATE: &str = "\n\nQuestion: {q}\nAnswer: {prefix}";
 
 fn words(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())
@@ -108,10 +192,22 @@ pub fn run(args: Args) -> Result<()> {
     }
     let vocab = model.model.vocab();
     let tokenize = |text: &str| vocab.tokenize(text.as_bytes(), true, false);
-    let question = QUESTION_TEMPLATE.replace("{q}", NEEDLE.question);
-    let question_tokens = tokenize(&question).len() as u32;
+    let needles: Vec<Needle> = (0..args.trials)
+        .map(|i| Needle::numbered(i.into()))
+        .collect();
+    let question = |n: &Needle| {
+        QUESTION_TEMPLATE
+            .replace("{q}", &n.question)
+            .replace("{prefix}", &n.answer_prefix)
+    };
+    let question_tokens = needles
+        .iter()
+        .map(|n| tokenize(&question(n)).len())
+        .max()
+        .unwrap_or(0) as u32;
 
-    let runs = (types.len() * args.contexts.len() * args.depths.len()) as u64;
+    let runs =
+        (types.len() * args.contexts.len() * args.depths.len()) as u64 * u64::from(args.trials);
     let bar = ProgressBar::new(runs);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -130,15 +226,19 @@ pub fn run(args: Args) -> Result<()> {
         if budget < 64 {
             bail!("context {context} leaves no room for a document");
         }
-        // the documents, one per depth, each as long as the context allows
-        let prompts: Vec<(f64, Vec<llama_cpp_2::token::LlamaToken>)> = args
-            .depths
-            .iter()
-            .map(|&depth| {
-                let doc = document::build(11, Some(depth), |t| tokenize(t).len() <= budget);
-                (depth, tokenize(&format!("{doc}{question}")))
-            })
-            .collect();
+        // one document per trial (filler seed 11 + trial, as long as the context allows), its
+        // needle at each depth
+        bar.set_message(format!("writing the documents for {context} tokens"));
+        let mut prompts = Vec::new();
+        for (i, needle) in needles.iter().enumerate() {
+            let paragraphs =
+                document::paragraphs(11 + i as u64, Some(needle), |t| tokenize(t).len() <= budget);
+            for &depth in &args.depths {
+                let doc = document::with_needle(&paragraphs, needle, depth);
+                let prompt = tokenize(&format!("{doc}{}", question(needle)));
+                prompts.push((i as u32, needle, depth, prompt));
+            }
+        }
         for &t in &types {
             let mut settings = ContextSettings::new(context, t);
             settings.turbo_seed = args.turbo_seed;
@@ -146,16 +246,20 @@ pub fn run(args: Args) -> Result<()> {
                 settings.threads = threads;
             }
             let (mut ctx, _) = llama::new_context(&model, &settings)?;
-            for (depth, prompt) in &prompts {
-                bar.set_message(format!("{t}, {context} tokens, depth {depth}"));
+            for (trial, needle, depth, prompt) in &prompts {
+                bar.set_message(format!(
+                    "{t}, {context} tokens, depth {depth}, trial {trial}"
+                ));
                 ctx.clear_kv_cache();
                 let answer = generate(&mut ctx, &vocab, prompt, args.n_predict, settings.n_batch)
                     .with_context(|| format!("{t} at {context} tokens"))?;
-                let (exact, partial) = score(&answer, NEEDLE.answer);
+                let (exact, partial) = score(&answer, &needle.answer);
                 trials.push(Trial {
                     cache: t.to_string(),
                     context,
                     depth: *depth,
+                    trial: *trial,
+                    expected: needle.answer.clone(),
                     prompt_tokens: prompt.len(),
                     answer: answer.trim().to_string(),
                     exact_match: exact,
@@ -167,19 +271,30 @@ pub fn run(args: Args) -> Result<()> {
     }
     bar.finish_and_clear();
 
+    let reference = Needle::reference();
     let report = Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         model: model.name(),
         model_file: path.display().to_string(),
-        needle: NEEDLE.sentence.into(),
-        question: NEEDLE.question.into(),
-        expected: NEEDLE.answer.into(),
+        needle: reference.sentence.clone(),
+        question: reference.question.clone(),
+        expected: reference.answer.clone(),
+        trials_per_cell: args.trials,
+        summary: summarize(&trials),
         trials,
     };
-    println!(
-        "{}: \"{}\" hidden in a long document, then asked for",
-        report.model, NEEDLE.sentence
-    );
+    if args.trials == 1 {
+        println!(
+            "{}: \"{}\" hidden in a long document, then asked for",
+            report.model, reference.sentence
+        );
+    } else {
+        println!(
+            "{}: {} different passphrases, each in its own long document, hidden at each depth and \
+             asked for; passed/trials per cell, the 95% interval of the pass rate over all depths",
+            report.model, args.trials
+        );
+    }
     println!("{}", table(&report, &args));
     if let Some(json) = &args.json {
         crate::output::write_json(json, &report)?;
@@ -233,37 +348,43 @@ fn table(report: &Report, args: &Args) -> Table {
         }
     }
     header.push("exact".into());
+    if args.trials > 1 {
+        header.push("95% interval".into());
+    }
     header.push("partial".into());
     table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
-    let mut caches: Vec<&str> = report.trials.iter().map(|t| t.cache.as_str()).collect();
-    caches.dedup();
-    let mut seen = Vec::new();
-    for cache in caches {
-        if seen.contains(&cache) {
-            continue;
+    let mut caches: Vec<&str> = Vec::new();
+    for t in &report.trials {
+        if !caches.contains(&t.cache.as_str()) {
+            caches.push(&t.cache);
         }
-        seen.push(cache);
-        let trials: Vec<&Trial> = report.trials.iter().filter(|t| t.cache == cache).collect();
+    }
+    for cache in caches {
         let mut row = vec![Cell::new(cache)];
         for c in &args.contexts {
             for d in &args.depths {
-                let t = trials.iter().find(|t| t.context == *c && t.depth == *d);
-                row.push(Cell::new(match t {
-                    Some(t) if t.exact_match => "pass".to_string(),
-                    Some(t) => format!("{:.0}%", 100.0 * t.partial_match),
-                    None => "-".into(),
+                let cell = report
+                    .summary
+                    .iter()
+                    .find(|s| s.cache == cache && s.context == *c && s.depth == Some(*d));
+                row.push(Cell::new(match cell {
+                    None => "-".to_string(),
+                    Some(s) if args.trials > 1 => format!("{}/{}", s.passed, s.trials),
+                    Some(s) if s.passed == 1 => "pass".to_string(),
+                    Some(s) => format!("{:.0}%", 100.0 * s.partial_match),
                 }));
             }
         }
-        let n = trials.len() as f64;
-        row.push(Cell::new(format!(
-            "{}/{}",
-            trials.iter().filter(|t| t.exact_match).count(),
-            trials.len()
-        )));
+        let trials: Vec<&Trial> = report.trials.iter().filter(|t| t.cache == cache).collect();
+        let passed = trials.iter().filter(|t| t.exact_match).count();
+        row.push(Cell::new(format!("{passed}/{}", trials.len())));
+        if args.trials > 1 {
+            let [lo, hi] = wilson95(passed, trials.len());
+            row.push(Cell::new(format!("{:.0}-{:.0}%", 100.0 * lo, 100.0 * hi)));
+        }
         row.push(Cell::new(format!(
             "{:.0}%",
-            100.0 * trials.iter().map(|t| t.partial_match).sum::<f64>() / n
+            100.0 * trials.iter().map(|t| t.partial_match).sum::<f64>() / trials.len() as f64
         )));
         table.add_row(row);
     }
@@ -281,14 +402,26 @@ mod tests {
 
     #[test]
     fn scoring_answers() {
-        assert_eq!(score(" amber falcon lantern.", NEEDLE.answer), (true, 1.0));
-        assert_eq!(
-            score("\"AMBER Falcon Lantern\"", NEEDLE.answer),
-            (true, 1.0)
-        );
-        let (exact, partial) = score("amber eagle lantern", NEEDLE.answer);
+        let answer = Needle::reference().answer;
+        assert_eq!(score(" amber falcon lantern.", &answer), (true, 1.0));
+        assert_eq!(score("\"AMBER Falcon Lantern\"", &answer), (true, 1.0));
+        let (exact, partial) = score("amber eagle lantern", &answer);
         assert!(!exact);
         assert!((partial - 2.0 / 3.0).abs() < 1e-9);
-        assert_eq!(score("I do not know", NEEDLE.answer), (false, 0.0));
+        assert_eq!(score("I do not know", &answer), (false, 0.0));
+    }
+
+    #[test]
+    fn wilson_intervals() {
+        // reference values of the 95% Wilson interval
+        let [lo, hi] = wilson95(10, 20);
+        assert!(
+            (lo - 0.2993).abs() < 1e-3 && (hi - 0.7007).abs() < 1e-3,
+            "{lo} {hi}"
+        );
+        let [lo, hi] = wilson95(0, 20);
+        assert!(lo == 0.0 && (hi - 0.1611).abs() < 1e-3, "{hi}");
+        let [lo, hi] = wilson95(20, 20);
+        assert!((lo - 0.8389).abs() < 1e-3 && hi == 1.0, "{lo}");
     }
 }

@@ -59,6 +59,10 @@ pub struct Args {
     /// Threads (default: all cores)
     #[arg(short = 't', long)]
     pub threads: Option<i32>,
+    /// Layers to offload to the GPU for the forward pass that captures Q and K (a build with a
+    /// GPU backend; the scores themselves are computed on the CPU)
+    #[arg(long = "ngl", visible_alias = "n-gpu-layers", default_value_t = 0)]
+    pub n_gpu_layers: u32,
     /// Write one JSON file per method and bit width into this folder
     #[arg(long)]
     pub json_dir: Option<PathBuf>,
@@ -156,7 +160,7 @@ pub fn run(args: Args) -> Result<()> {
             shape.n_ctx_train
         );
     }
-    let model = RawModel::load(&path, 0)?;
+    let model = RawModel::load(&path, args.n_gpu_layers)?;
 
     let (tokens, text_name) = match &args.file {
         Some(f) => (

@@ -194,31 +194,75 @@ pub fn page(r: &Results, charts: &[(String, String, String)]) -> String {
         out.push_str("<h2>Needle in a haystack</h2>\n");
     }
     for n in &r.needle {
-        let rows: Vec<Vec<String>> = n["trials"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|t| {
-                vec![
-                    s(t, "cache"),
-                    format!("{}", t["context"].as_u64().unwrap_or(0)),
-                    format!("{}", f(t, &["depth"])),
-                    if t["exact_match"].as_bool().unwrap_or(false) {
-                        "pass".into()
-                    } else {
-                        "fail".into()
-                    },
-                    format!("{:.0}%", 100.0 * f(t, &["partial_match"])),
-                    s(t, "answer"),
-                ]
-            })
-            .collect();
-        table(
-            &mut out,
-            &format!("{}: \"{}\"", s(n, "model"), s(n, "needle")),
-            &["cache", "context", "depth", "exact", "partial", "answer"],
-            &rows,
-        );
+        let title = format!("{}: \"{}\"", s(n, "model"), s(n, "needle"));
+        match n["summary"].as_array() {
+            // several trials per cell: pass rates with their intervals, not hundreds of rows
+            Some(cells) => {
+                let rows: Vec<Vec<String>> = cells
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            s(c, "cache"),
+                            format!("{}", c["context"].as_u64().unwrap_or(0)),
+                            c["depth"]
+                                .as_f64()
+                                .map_or("all".to_string(), |d| format!("{d}")),
+                            format!(
+                                "{}/{}",
+                                c["passed"].as_u64().unwrap_or(0),
+                                c["trials"].as_u64().unwrap_or(0)
+                            ),
+                            format!(
+                                "{:.0}-{:.0}%",
+                                100.0 * c["ci95"][0].as_f64().unwrap_or(f64::NAN),
+                                100.0 * c["ci95"][1].as_f64().unwrap_or(f64::NAN)
+                            ),
+                            format!("{:.0}%", 100.0 * f(c, &["partial_match"])),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &mut out,
+                    &title,
+                    &[
+                        "cache",
+                        "context",
+                        "depth",
+                        "passed",
+                        "95% interval",
+                        "partial",
+                    ],
+                    &rows,
+                );
+            }
+            None => {
+                let rows: Vec<Vec<String>> = n["trials"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| {
+                        vec![
+                            s(t, "cache"),
+                            format!("{}", t["context"].as_u64().unwrap_or(0)),
+                            format!("{}", f(t, &["depth"])),
+                            if t["exact_match"].as_bool().unwrap_or(false) {
+                                "pass".into()
+                            } else {
+                                "fail".into()
+                            },
+                            format!("{:.0}%", 100.0 * f(t, &["partial_match"])),
+                            s(t, "answer"),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &mut out,
+                    &title,
+                    &["cache", "context", "depth", "exact", "partial", "answer"],
+                    &rows,
+                );
+            }
+        }
         command(&mut out, n);
     }
 
