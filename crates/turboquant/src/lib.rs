@@ -15,6 +15,10 @@
 //! * [`TurboQuantProd`] ([`prod`]): MSE stage at b-1 bits plus the 1-bit QJL sketch of the
 //!   residual; unbiased inner products, computed against prepared queries without
 //!   reconstructing vectors.
+//! * [`kivi`]: KIVI (Liu et al., ICML 2024), a baseline: asymmetric min/max integers, keys per
+//!   channel over groups of tokens, values per token, the most recent tokens in f16.
+//! * [`polar`]: PolarQuant (Han et al., 2025), a baseline: rotation, then a recursive polar
+//!   transform whose angles are quantized with codebooks for their exact densities.
 //! * [`kv_cache`]: one head's KV cache: keys with TurboQuantProd, values with TurboQuantMse,
 //!   full-precision queries.
 //! * [`block`]: the ggml block formats turbo2/turbo3/turbo4 (64 values, fp16 scale, b-bit
@@ -62,11 +66,13 @@ pub mod bitpack;
 pub mod block;
 pub mod codebook;
 mod error;
+pub mod kivi;
 pub mod kv_cache;
 mod linalg;
 pub mod metrics;
 pub mod mse;
 pub mod parallel;
+pub mod polar;
 pub mod prod;
 mod quadrature;
 mod rng;
@@ -77,9 +83,11 @@ mod validate;
 pub use batch::{BatchCompressor, BatchConfig, CompressedKeys, CompressedValues, KeyMethod, Shape};
 pub use codebook::{Codebook, CodebookSource, FitOptions};
 pub use error::{Error, Result};
+pub use kivi::{KeyWindow, Kivi, KiviConfig, KiviTensor};
 pub use kv_cache::{KvCacheConfig, TurboQuantKvCache};
 pub use metrics::{FidelityAggregator, FidelitySummary, HeadFidelity};
 pub use mse::{CodebookKind, MseCode, MseQuery, QuantizerOptions, TurboQuantMse};
+pub use polar::{PolarCode, PolarConfig, PolarQuant, PolarTensor};
 pub use prod::{ProdCode, ProdQuery, TurboQuantProd};
 pub use rng::{random_normal, random_unit_vectors};
 pub use rotation::{Rotation, RotationKind};

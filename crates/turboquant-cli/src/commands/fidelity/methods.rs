@@ -7,11 +7,22 @@
 //!   the Hadamard rotation — are quantized by ggml's own CPU quantizer, and scored by ggml's own
 //!   CPU dot product against the query as llama.cpp converts it (f32 for turbo, q8_0 for q4_0).
 //!   `--seeds` adds random signs before the rotation (seed 0 is llama.cpp's exact pipeline).
+//! * `kivi`: KIVI (the Rust core's `Kivi`) with b-bit integers, the paper's groups of 32 tokens
+//!   per key channel and its 128 most recent tokens in f16. The context's keys are quantized once,
+//!   as a cache holds them once the context has been read, and every query of the context is
+//!   scored against them: a query from the middle of the context sees only quantized keys, the
+//!   last query also the window. Its bits per value (b + 1 for the f16 scale and zero of each
+//!   group of 32, plus the window's share) depend on the context length.
+//! * `polar`: PolarQuant (the core's `PolarQuant`), randomized Hadamard rotation, the full polar
+//!   recursion with one f16 norm and the angle bits allocated within b bits per value (matched
+//!   bits); `polar-paper` is the paper's own setting, 4 levels at 4/2/2/2 bits: 3.875 bits.
 
 use anyhow::{bail, Result};
 use llama_cpp_sys_2 as sys;
 use turboquant::batch::{BatchCompressor, BatchConfig, KeyMethod, Shape};
+use turboquant::kivi::{Kivi, KiviConfig};
 use turboquant::mse::QuantizerOptions;
+use turboquant::polar::{PolarConfig, PolarQuant};
 use turboquant::rotation::{fwht_orthonormal_groups, RotationKind};
 
 use crate::llama::CacheType;
@@ -22,6 +33,12 @@ pub enum Kind {
     Prod,
     /// turbo2/3/4 by bit width
     Turbo,
+    /// KIVI at b bits per quantized value
+    Kivi,
+    /// PolarQuant within b bits per value
+    Polar,
+    /// PolarQuant in the paper's setting (3.875 bits)
+    PolarPaper,
     Ggml(CacheType),
 }
 
@@ -35,7 +52,8 @@ pub struct Method {
 }
 
 impl Method {
-    /// `--methods mse,prod,turbo,q4_0` × `--bits 2,3,4` (ggml types ignore the bit widths).
+    /// `--methods mse,prod,turbo,q4_0` × `--bits 2,3,4` (ggml types and `polar-paper` ignore the
+    /// bit widths).
     pub fn parse_list(methods: &str, bits: &[u8]) -> Result<Vec<Method>> {
         let mut out = Vec::new();
         for name in methods.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -44,20 +62,29 @@ impl Method {
                 "mse" => Kind::Mse,
                 "prod" | "qjl" => Kind::Prod,
                 "turbo" => Kind::Turbo,
+                "kivi" => Kind::Kivi,
+                "polar" => Kind::Polar,
+                "polar-paper" => Kind::PolarPaper,
                 other => Kind::Ggml(CacheType::parse(other).map_err(|_| {
-                    anyhow::anyhow!("unknown method `{name}`: use mse, prod, turbo or a cache type (q4_0, q8_0, turbo3, ...)")
+                    anyhow::anyhow!("unknown method `{name}`: use mse, prod, turbo, kivi, polar, polar-paper or a cache type (q4_0, q8_0, turbo3, ...)")
                 })?),
             };
             match kind {
-                Kind::Ggml(_) => out.push(Method {
+                Kind::Ggml(_) | Kind::PolarPaper => out.push(Method {
                     kind,
                     bits: 0,
                     name: lower,
                 }),
                 _ => {
                     for &b in bits {
-                        if !(1..=8).contains(&b) || (kind == Kind::Turbo && !(2..=4).contains(&b)) {
-                            bail!("{name} cannot use {b} bits (turbo: 2-4, mse/prod: 1-8)");
+                        let range = match kind {
+                            Kind::Turbo => 2..=4,
+                            // 1 bit per angle and the f16 norm already take more than 1 bit
+                            Kind::Polar => 2..=8,
+                            _ => 1..=8,
+                        };
+                        if !range.contains(&b) {
+                            bail!("{name} cannot use {b} bits (turbo: 2-4, polar: 2-8, mse/prod/kivi: 1-8)");
                         }
                         out.push(Method {
                             kind,
@@ -112,6 +139,13 @@ pub fn scores(
 ) -> Result<(Vec<f32>, f64)> {
     match method.kind {
         Kind::Mse | Kind::Prod => core_scores(method, layer, seed),
+        Kind::Kivi => kivi_scores(method.bits, layer),
+        Kind::Polar => polar_scores(
+            PolarConfig::matched(layer.d, f64::from(method.bits))?,
+            layer,
+            seed,
+        ),
+        Kind::PolarPaper => polar_scores(PolarConfig::paper(), layer, seed),
         Kind::Turbo | Kind::Ggml(_) => ggml_scores(
             method.cache_type().expect("a cache type"),
             layer,
@@ -141,6 +175,39 @@ fn core_scores(method: &Method, layer: &Layer, seed: u64) -> Result<(Vec<f32>, f
     let bits = keys.storage_bytes() as f64 * 8.0 / (layer.kv_heads * layer.tokens * layer.d) as f64;
     let q_shape = Shape::new(layer.q_heads, layer.positions.len(), layer.d);
     Ok((keys.attention_scores(layer.queries, q_shape)?, bits))
+}
+
+/// KIVI's keys: b-bit integers per channel over groups of 32 tokens, the last 128 tokens in f16
+/// (the paper's setting); the bits are everything stored, over the context's keys.
+fn kivi_scores(bits: u8, layer: &Layer) -> Result<(Vec<f32>, f64)> {
+    let kivi = Kivi::new(&KiviConfig {
+        key_bits: bits,
+        value_bits: bits,
+        ..KiviConfig::default()
+    })?;
+    let keys = kivi.compress_keys(
+        layer.keys,
+        Shape::new(layer.kv_heads, layer.tokens, layer.d),
+    )?;
+    let q_shape = Shape::new(layer.q_heads, layer.positions.len(), layer.d);
+    Ok((
+        keys.attention_scores(layer.queries, q_shape)?,
+        keys.bits_per_value(),
+    ))
+}
+
+/// PolarQuant's keys, with the randomized Hadamard rotation of `seed` (as `mse` and `prod`).
+fn polar_scores(config: PolarConfig, layer: &Layer, seed: u64) -> Result<(Vec<f32>, f64)> {
+    let quantizer = PolarQuant::new(layer.d, &config.with_rotation(RotationKind::Hadamard, seed))?;
+    let keys = quantizer.compress(
+        layer.keys,
+        Shape::new(layer.kv_heads, layer.tokens, layer.d),
+    )?;
+    let q_shape = Shape::new(layer.q_heads, layer.positions.len(), layer.d);
+    Ok((
+        keys.attention_scores(layer.queries, q_shape)?,
+        quantizer.bits_per_value(),
+    ))
 }
 
 /// The size of the Hadamard rotation llama.cpp applies to keys of head size d.
@@ -289,12 +356,59 @@ mod tests {
     }
 
     #[test]
+    fn kivi_and_polar_score_close_to_exact_and_count_their_bits() {
+        let (d, tokens, kv_heads, q_heads) = (64, 400, 2, 4);
+        let keys = turboquant::random_normal(kv_heads * tokens * d, 1);
+        let queries = turboquant::random_normal(q_heads * 2 * d, 2);
+        let positions = [200, tokens - 1];
+        let layer = Layer {
+            d,
+            kv_heads,
+            q_heads,
+            tokens,
+            keys: &keys,
+            queries: &queries,
+            positions: &positions,
+        };
+        let exact = turboquant::batch::exact_attention_scores(
+            &keys,
+            Shape::new(kv_heads, tokens, d),
+            &queries,
+            Shape::new(q_heads, 2, d),
+        )
+        .unwrap();
+        for (name, bits, expected_bits, min_cosine) in [
+            // 256 quantized tokens at 4 + 1 bits, 144 in f16
+            ("kivi", 4, (256.0 * 5.0 + 144.0 * 16.0) / 400.0, 0.99),
+            ("kivi", 2, (256.0 * 3.0 + 144.0 * 16.0) / 400.0, 0.9),
+            ("polar", 4, 4.0, 0.99),
+            ("polar", 2, 2.0, 0.85),
+            ("polar-paper", 0, 3.875, 0.98),
+        ] {
+            let methods = Method::parse_list(name, &[bits.max(2)]).unwrap();
+            let (est, bpv) = scores(&methods[0], &layer, 1, None).unwrap();
+            assert_eq!(est.len(), exact.len());
+            assert!((bpv - expected_bits).abs() < 1e-9, "{name} {bits}: {bpv}");
+            let cosine = turboquant::metrics::cosine_similarity(&exact, &est).unwrap();
+            assert!(cosine > min_cosine, "{name} {bits}: {cosine}");
+        }
+    }
+
+    #[test]
     fn method_lists() {
         let m = Method::parse_list("mse,turbo,q4_0", &[2, 3]).unwrap();
         let names: Vec<String> = m.iter().map(|m| format!("{}/{}", m.name, m.bits)).collect();
         assert_eq!(names, ["mse/2", "mse/3", "turbo/2", "turbo/3", "q4_0/0"]);
         assert_eq!(m[3].cache_type().unwrap().name(), "turbo3");
         assert!(Method::parse_list("turbo", &[5]).is_err());
+        let m = Method::parse_list("kivi,polar,polar-paper", &[2, 4]).unwrap();
+        let names: Vec<String> = m.iter().map(|m| format!("{}/{}", m.name, m.bits)).collect();
+        assert_eq!(
+            names,
+            ["kivi/2", "kivi/4", "polar/2", "polar/4", "polar-paper/0"]
+        );
+        assert!(m.iter().all(|m| m.cache_type().is_none()));
+        assert!(Method::parse_list("polar", &[1]).is_err());
         assert!(Method::parse_list("zip", &[3]).is_err());
     }
 }

@@ -43,11 +43,14 @@ pub struct Args {
     /// differ slightly between runs whose longest context differs
     #[arg(long, default_value = "2048,4096,8192", value_delimiter = ',')]
     pub contexts: Vec<usize>,
-    /// Bit widths for mse, prod and turbo, comma-separated
+    /// Bit widths for mse, prod, turbo, kivi and polar, comma-separated
     #[arg(long, default_value = "2,3,4", value_delimiter = ',')]
     pub bits: Vec<u8>,
     /// Methods: mse (TurboQuant_mse), prod (TurboQuant_prod: MSE + 1-bit QJL), turbo (the ggml
-    /// cache types turbo2/3/4 through llama.cpp's pipeline) and any cache type (q4_0, q8_0, ...)
+    /// cache types turbo2/3/4 through llama.cpp's pipeline), kivi (KIVI: b-bit integers per key
+    /// channel over 32 tokens, the last 128 tokens in f16), polar (PolarQuant within b bits per
+    /// value), polar-paper (PolarQuant as its paper sets it, 3.875 bits) and any cache type
+    /// (q4_0, q8_0, ...)
     #[arg(long, default_value = "mse,prod,turbo,q4_0,q8_0")]
     pub methods: String,
     /// Rotation seeds to average over (mean and spread are reported)
@@ -213,16 +216,18 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     bar.finish_and_clear();
     let (sums, bits_used) = (measured.sums, measured.bits);
+    // a method's bits per value at a context (KIVI's depend on it), and at the longest
+    let bits_at = |mi: usize, c: usize| bits_used[mi].get(&c).copied().unwrap_or(0.0);
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let reports: Vec<MethodReport> = methods
         .iter()
         .enumerate()
         .map(|(mi, m)| {
-            let bpv = bits_used[mi];
+            let bpv = bits_at(mi, longest);
             let by_context = contexts
                 .iter()
-                .map(|&c| (c, context_entry(&sums[mi], c, bpv)))
+                .map(|&c| (c, context_entry(&sums[mi], c, bits_at(mi, c))))
                 .collect();
             MethodReport {
                 model: model_name.clone(),
@@ -296,10 +301,11 @@ fn dump_layer(
     Ok(())
 }
 
-/// Per method: sums[seed][context][layer]; and the bits per value each method stored.
+/// Per method: sums[seed][context][layer]; and the bits per value each method stored, by
+/// context.
 pub struct Measured {
     sums: Vec<Vec<BTreeMap<usize, BTreeMap<usize, LayerSums>>>>,
-    bits: Vec<f64>,
+    bits: Vec<BTreeMap<usize, f64>>,
 }
 
 /// Captures Q and K over `tokens` (the longest context) in one pass and scores every method on
@@ -346,7 +352,7 @@ pub fn measure(
 
     let mut sums: Vec<Vec<BTreeMap<usize, BTreeMap<usize, LayerSums>>>> =
         vec![vec![BTreeMap::new(); seeds as usize]; methods.len()];
-    let mut bits = vec![0f64; methods.len()];
+    let mut bits = vec![BTreeMap::new(); methods.len()];
     let mut failure: Option<anyhow::Error> = None;
     {
         let mut capture = capture::Capture::new(|layer| {
@@ -428,7 +434,8 @@ pub fn prompt_summary(
         None,
         |_| {},
     )?;
-    Ok(context_entry(&measured.sums[0], context, measured.bits[0]).metrics)
+    let bits = measured.bits[0].get(&context).copied().unwrap_or(0.0);
+    Ok(context_entry(&measured.sums[0], context, bits).metrics)
 }
 
 /// Sample positions of a context: its last token and `n` spread over its second half.
@@ -450,7 +457,7 @@ fn analyze_layer(
     seeds: u64,
     turbo: &BTreeMap<u8, BTreeMap<usize, TurboParams>>,
     sums: &mut [Vec<BTreeMap<usize, BTreeMap<usize, LayerSums>>>],
-    bits_used: &mut [f64],
+    bits_used: &mut [BTreeMap<usize, f64>],
 ) -> Result<()> {
     let d = layer.head_dim;
     for &context in contexts {
@@ -486,7 +493,7 @@ fn analyze_layer(
             };
             for seed in 0..seeds {
                 let (est, bits) = methods::scores(m, &view, seed, params)?;
-                bits_used[mi] = bits;
+                bits_used[mi].insert(context, bits);
                 let s = sums[mi][seed as usize]
                     .entry(context)
                     .or_default()
@@ -625,7 +632,7 @@ fn table(reports: &[MethodReport], context: usize) -> Table {
         table.add_row(vec![
             Cell::new(&r.method),
             Cell::new(
-                if r.method == "mse" || r.method == "prod" || r.method == "turbo" {
+                if ["mse", "prod", "turbo", "kivi", "polar"].contains(&r.method.as_str()) {
                     format!("{}", r.bits)
                 } else {
                     "-".into()
