@@ -12,6 +12,12 @@
 #                                                the GPU and with attention on the CPU (-ngl 0)
 #                                  long          perplexity by position at contexts of 8K-32K
 #                                                (Gemma-3) and 4K-8K (SmolLM2), q4_0 and turbo
+#                                  needle-long   needle with 10 passphrases per depth at 4K-8K
+#                                                (SmolLM2) and 8K-32K (Gemma-3)
+#                                  fidelity-long attention-score fidelity at 2K-8K (SmolLM2) and
+#                                                8K-32K (Gemma-3)
+#                                  seeds         perplexity over 5 seeds of the turbo signs, at
+#                                                512 and at 8K (SmolLM2) / 32K (Gemma-3)
 #                                  bench-small   bench of both models at depths 0, 8192, 32768
 #                                  bench-8b      bench of the llama-8b shape (below)
 #   remote.sh llama-8b           write a random-weight llama-8b shape to $W/llama-8b.gguf if it is
@@ -158,6 +164,35 @@ case "${1:-}" in
             tee "$out/perplexity-$1-c$2-cuda.txt" || echo "(failed: $?)"
         done
         ;;
+      needle-long)
+        # 10 needles at each of 3 depths: 30 trials per context and cache type
+        for run in "smollm2-135m 4096,8192" "gemma3-270m 8192,16384,32768"; do
+          set -- $run
+          tq needle -m "$1" --contexts "$2" --depths 0.1,0.5,0.9 --trials 10 -ngl 99 \
+            --kv-quant f16,q4_0,turbo4,turbo3 --json "$out/needle-$1-long-cuda.json" 2>&1 |
+            tee "$out/needle-$1-long-cuda.txt" || echo "(failed: $?)"
+        done
+        ;;
+      fidelity-long)
+        # the capture pass on the GPU, the scores on the CPU
+        for run in "smollm2-135m 2048,4096,8192" "gemma3-270m 8192,16384,32768"; do
+          set -- $run
+          mkdir -p "$out/fidelity-$1"
+          tq fidelity -m "$1" --contexts "$2" --bits 2,3,4 -ngl 99 \
+            --methods "${FIDELITY_METHODS:-mse,prod,turbo,q4_0,q8_0}" --json-dir "$out/fidelity-$1" 2>&1 |
+            tee "$out/fidelity-$1/$1.txt" || echo "(failed: $?)"
+        done
+        ;;
+      seeds)
+        # five seeds of the turbo types' random signs; f16 and q4_0 run once
+        for run in "smollm2-135m 512 40" "gemma3-270m 512 40" "smollm2-135m 8192 2" "gemma3-270m 32768 1"; do
+          set -- $run
+          tq perplexity -m "$1" -f "$here/wikitext-2-test.txt" -c "$2" --chunks "$3" -ngl 99 \
+            --kv-quant f16,q4_0,turbo4,turbo3,turbo2 --turbo-seeds 0,1,2,3,4 \
+            --json "$out/perplexity-$1-c$2-seeds-cuda.json" 2>&1 |
+            tee "$out/perplexity-$1-c$2-seeds-cuda.txt" || echo "(failed: $?)"
+        done
+        ;;
       bench-small)
         for m in smollm2-135m gemma3-270m; do
           tq bench -m "$m" -p 512 -n 128 -d 0,8192,32768 -r 3 --kv-quant "$TYPES" \
@@ -170,7 +205,7 @@ case "${1:-}" in
           --json "$out/bench-llama-8b-cuda.json" 2>&1 | tee "$out/bench-llama-8b-cuda.txt" || echo "(failed: $?)"
         ;;
       *)
-        echo "unknown suite '${2:-}': correctness, long, bench-small or bench-8b" >&2
+        echo "unknown suite '${2:-}': correctness, long, needle-long, fidelity-long, seeds, bench-small or bench-8b" >&2
         exit 2
         ;;
     esac

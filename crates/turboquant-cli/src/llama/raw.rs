@@ -73,6 +73,11 @@ impl Drop for RawModel {
     }
 }
 
+/// The largest micro-batch a context computes at once. llama.cpp reserves compute buffers for a
+/// micro-batch in which every token outputs logits: with Gemma-3's 262144-token vocabulary, one of
+/// 32768 tokens asks for 37 GB. Longer batches are computed in micro-batches of this size.
+const MAX_UBATCH: u32 = 2048;
+
 pub struct RawContext<'m> {
     ptr: *mut sys::llama_context,
     n_batch: u32,
@@ -80,8 +85,8 @@ pub struct RawContext<'m> {
 }
 
 impl<'m> RawContext<'m> {
-    /// A context of `n_ctx` tokens that decodes up to `n_batch` tokens in one micro-batch, with the
-    /// given cache types and, optionally, an eval callback and its data (which must outlive the
+    /// A context of `n_ctx` tokens that decodes up to `n_batch` tokens in one call (in micro-batches
+    /// of at most `MAX_UBATCH`), with the given cache types and, optionally, an eval callback and its data (which must outlive the
     /// context).
     pub fn new(
         model: &'m RawModel,
@@ -100,7 +105,7 @@ impl<'m> RawContext<'m> {
             let mut params = sys::llama_context_default_params();
             params.n_ctx = n_ctx;
             params.n_batch = n_batch;
-            params.n_ubatch = n_batch;
+            params.n_ubatch = n_batch.min(MAX_UBATCH);
             params.n_threads = threads;
             params.n_threads_batch = threads;
             params.type_k = types.k.to_llama().into();

@@ -2,10 +2,12 @@
 //!
 //! llama.cpp names the query and key tensors of layer `il` `Qcur-il` and `Kcur-il`, several times
 //! on their way (after the projection, the reshape, RoPE); the last of them is what attention
-//! reads. The eval callback keeps the latest 3-D tensor of each name; a layer is complete when the
-//! pass moves on to the next layer (or ends), and is then handed to the analysis and dropped, so
-//! only one layer is held at a time.
+//! reads. The eval callback keeps the latest 3-D tensor of each name; a layer's tensors of one
+//! micro-batch are final when the pass moves on to the next layer. A long pass runs in several
+//! micro-batches, each through every layer, so each layer's tokens are appended micro-batch by
+//! micro-batch and the layers are handed to the analysis once the pass has ended.
 
+use std::collections::BTreeMap;
 use std::ffi::{c_void, CStr};
 
 use llama_cpp_sys_2 as sys;
@@ -31,6 +33,8 @@ pub struct Capture<'a> {
     current: Option<usize>,
     q: Option<Tensor>,
     k: Option<Tensor>,
+    /// Every layer's tokens so far (token-major q and k, each tensor's ne).
+    layers: BTreeMap<usize, (Tensor, Tensor)>,
     on_layer: Box<dyn FnMut(LayerQk) + 'a>,
     pub layers_seen: usize,
 }
@@ -41,32 +45,51 @@ impl<'a> Capture<'a> {
             current: None,
             q: None,
             k: None,
+            layers: BTreeMap::new(),
             on_layer: Box::new(on_layer),
             layers_seen: 0,
         }
     }
 
-    /// Hands over the last layer (call after the forward pass).
-    pub fn finish(&mut self) {
+    /// Appends the current layer's tensors of this micro-batch to what the layer holds.
+    fn settle(&mut self) {
         if let (Some(layer), Some(q), Some(k)) = (self.current, self.q.take(), self.k.take()) {
-            if q.ne[2] == k.ne[2] && q.ne[0] == k.ne[0] && q.ne[1] % k.ne[1] == 0 {
-                self.layers_seen += 1;
-                (self.on_layer)(LayerQk {
-                    layer,
-                    head_dim: q.ne[0],
-                    q_heads: q.ne[1],
-                    kv_heads: k.ne[1],
-                    q: q.data,
-                    k: k.data,
-                });
+            let fits = q.ne[2] == k.ne[2] && q.ne[0] == k.ne[0] && q.ne[1] % k.ne[1] == 0;
+            match self.layers.get_mut(&layer) {
+                Some((lq, lk)) if fits && lq.ne[..2] == q.ne[..2] && lk.ne[..2] == k.ne[..2] => {
+                    lq.data.extend_from_slice(&q.data);
+                    lq.ne[2] += q.ne[2];
+                    lk.data.extend_from_slice(&k.data);
+                    lk.ne[2] += k.ne[2];
+                }
+                None if fits => {
+                    self.layers.insert(layer, (q, k));
+                }
+                _ => {}
             }
         }
         self.current = None;
     }
 
+    /// Hands over every layer, in order (call after the forward pass).
+    pub fn finish(&mut self) {
+        self.settle();
+        for (layer, (q, k)) in std::mem::take(&mut self.layers) {
+            self.layers_seen += 1;
+            (self.on_layer)(LayerQk {
+                layer,
+                head_dim: q.ne[0],
+                q_heads: q.ne[1],
+                kv_heads: k.ne[1],
+                q: q.data,
+                k: k.data,
+            });
+        }
+    }
+
     fn offer(&mut self, which: char, layer: usize, tensor: Tensor) {
         if self.current != Some(layer) {
-            self.finish();
+            self.settle();
             self.current = Some(layer);
         }
         match which {

@@ -460,6 +460,12 @@ fn analyze_layer(
     bits_used: &mut [BTreeMap<usize, f64>],
 ) -> Result<()> {
     let d = layer.head_dim;
+    let captured = layer.k.len() / (layer.kv_heads * d);
+    let needed = contexts.iter().copied().max().unwrap_or(0);
+    if captured < needed || layer.q.len() < needed * layer.q_heads * d {
+        // a micro-batch whose tensors the capture did not recognise (for example a single token)
+        bail!("captured {captured} tokens of queries and keys, not the {needed} of the pass");
+    }
     for &context in contexts {
         let pos = positions(context, queries);
         // head-major keys (kv_heads, context, d) and queries (q_heads, n_q, d)
