@@ -129,6 +129,8 @@ fn needle_is_found_with_the_f16_cache_near_the_end() {
                 "512",
                 "--depths",
                 "0.9",
+                "--trials",
+                "2",
                 "--kv-quant",
                 "f16,turbo4",
                 "--json",
@@ -137,7 +139,7 @@ fn needle_is_found_with_the_f16_cache_near_the_end() {
     );
     let report = json(&path);
     let trials = report["trials"].as_array().unwrap();
-    assert_eq!(trials.len(), 2);
+    assert_eq!(trials.len(), 4);
     assert_eq!(trials[0]["cache"], "f16");
     assert!(
         trials[0]["exact_match"].as_bool().unwrap(),
@@ -145,6 +147,25 @@ fn needle_is_found_with_the_f16_cache_near_the_end() {
         trials[0]
     );
     assert!(trials[0]["prompt_tokens"].as_u64().unwrap() <= 512);
+    // the second trial asks for another passphrase
+    assert_ne!(trials[0]["expected"], trials[1]["expected"]);
+    // per cache: the depth's cell and the all-depths cell, each over 2 trials, with an interval
+    // around its pass rate
+    let summary = report["summary"].as_array().unwrap();
+    assert_eq!(summary.len(), 4);
+    for cell in summary {
+        assert_eq!(cell["trials"], 2);
+        let rate = cell["pass_rate"].as_f64().unwrap();
+        let (lo, hi) = (
+            cell["ci95"][0].as_f64().unwrap(),
+            cell["ci95"][1].as_f64().unwrap(),
+        );
+        assert!(
+            0.0 <= lo && lo <= rate && rate <= hi && hi <= 1.0,
+            "{cell:?}"
+        );
+    }
+    assert!(summary[1]["depth"].is_null());
 }
 
 #[test]
