@@ -20,6 +20,13 @@ extern "C" {
     // of the variance over rotations set it; the cache's quality is otherwise the same for any.
     LLAMA_API void llama_turbo_set_seed(uint32_t seed);
 
+    // The text the turbo cache types measure their mean and channel scales on, for every context
+    // created after the call, in place of the built-in English paragraph; NULL or "" restores
+    // that paragraph. The text is copied. It is tokenized as a prompt (BOS where the model adds
+    // one, a chat template's special-token text as those tokens), and its first tokens are used,
+    // at most the context's size per sequence and at most 2048.
+    LLAMA_API void llama_turbo_set_calibration_text(const char * text);
+
 #ifdef __cplusplus
 }
 #endif

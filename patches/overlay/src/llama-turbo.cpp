@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -180,6 +181,19 @@ static const char * k_turbo_calibration_text =
 
 // The seed of the random signs for contexts created from now on (llama_turbo_set_seed).
 static std::atomic<uint32_t> g_turbo_seed{0};
+
+// The text that contexts created from now on calibrate on, in place of the built-in paragraph
+// (llama_turbo_set_calibration_text); empty: the built-in paragraph.
+static std::mutex  g_turbo_calibration_mutex;
+static std::string g_turbo_calibration_text;
+
+// The most tokens of a given calibration text that are used. The calibration is a forward pass
+// made every time a context is created, and every turbo layer's Q and K are copied to the host
+// and accumulated token by token, so its cost grows with the tokens: a whole book handed to a
+// context of 128K tokens would cost a long prefill before the first prompt. The statistics are
+// per-channel means and mean squares, which a few thousand tokens estimate well, and positions
+// beyond the calibrated ones are extrapolated from them (turbo_position_weights).
+constexpr int k_turbo_calibration_max_tokens = 2048;
 
 namespace {
 
@@ -459,11 +473,22 @@ void llama_context::turbo_calibrate() {
         return;
     }
 
+    std::string text;
+    {
+        std::lock_guard<std::mutex> lock(g_turbo_calibration_mutex);
+        text = g_turbo_calibration_text;
+    }
+    const bool given = !text.empty();
+    if (!given) {
+        text = k_turbo_calibration_text;
+    }
+
+    // a given text is tokenized as a prompt is: a chat template's markers (<|im_start|>, ...)
+    // become the special tokens a chat sends (the built-in paragraph has none)
     const llama_vocab * vocab = &model.vocab;
-    const std::string text = k_turbo_calibration_text;
     std::vector<llama_token> tokens(text.size() + 8);
-    const int n_tok = llama_tokenize(vocab, text.c_str(), (int32_t) text.size(), tokens.data(), (int32_t) tokens.size(), true, false);
-    const int n = std::min<int>({ n_tok, (int) cparams.n_ctx_seq });
+    const int n_tok = llama_tokenize(vocab, text.c_str(), (int32_t) text.size(), tokens.data(), (int32_t) tokens.size(), true, given);
+    const int n = std::min<int>({ n_tok, (int) cparams.n_ctx_seq, k_turbo_calibration_max_tokens });
     if (n < 32) {
         LLAMA_LOG_WARN("%s: too few tokens (%d) to calibrate the turbo cache; using the plain rotation\n", __func__, n);
         return;
@@ -574,8 +599,8 @@ void llama_context::turbo_calibrate() {
         n_done++;
     }
 
-    LLAMA_LOG_INFO("%s: turbo cache: calibrated %d layers on %d tokens in %.1f ms\n", __func__, n_done, n,
-            (ggml_time_us() - t_start_us)/1000.0);
+    LLAMA_LOG_INFO("%s: turbo cache: calibrated %d layers on %d tokens of %s in %.1f ms\n", __func__, n_done, n,
+            given ? "the given text" : "the built-in text", (ggml_time_us() - t_start_us)/1000.0);
 }
 
 //
@@ -612,4 +637,9 @@ bool llama_turbo_layer_params(llama_context * ctx, int32_t il, float * mu, float
 
 void llama_turbo_set_seed(uint32_t seed) {
     g_turbo_seed.store(seed);
+}
+
+void llama_turbo_set_calibration_text(const char * text) {
+    std::lock_guard<std::mutex> lock(g_turbo_calibration_mutex);
+    g_turbo_calibration_text = text ? text : "";
 }

@@ -55,6 +55,10 @@ pub struct Args {
     /// (0: the built-in pattern, as llama.cpp's own tools use)
     #[arg(long, default_value_t = 0)]
     pub turbo_seed: u32,
+    /// Calibrate the turbo types on this UTF-8 text instead of the built-in English paragraph
+    /// (its first tokens: at most the context's size, and at most 2048)
+    #[arg(long = "turbo-calibration", value_name = "FILE")]
+    pub turbo_calibration: Option<PathBuf>,
     /// Also write the results as JSON to this file
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -99,6 +103,9 @@ pub struct Report {
     pub needle: String,
     pub question: String,
     pub expected: String,
+    /// With --turbo-calibration: the text the turbo types calibrated on
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turbo_calibration: Option<String>,
     pub trials_per_cell: u32,
     pub summary: Vec<PassRate>,
     pub trials: Vec<Trial>,
@@ -185,6 +192,11 @@ pub fn run(args: Args) -> Result<()> {
     if args.depths.iter().any(|d| !(0.0..=1.0).contains(d)) {
         bail!("depths are fractions of the document, between 0 and 1");
     }
+    let calibration = args
+        .turbo_calibration
+        .as_deref()
+        .map(llama::read_calibration_text)
+        .transpose()?;
     let path = models::resolve(&args.model)?;
     let model = Model::load(&path, args.n_gpu_layers)?;
     for t in &types {
@@ -242,6 +254,7 @@ pub fn run(args: Args) -> Result<()> {
         for &t in &types {
             let mut settings = ContextSettings::new(context, t);
             settings.turbo_seed = args.turbo_seed;
+            settings.turbo_calibration = calibration.clone();
             if let Some(threads) = args.threads {
                 settings.threads = threads;
             }
@@ -279,6 +292,10 @@ pub fn run(args: Args) -> Result<()> {
         needle: reference.sentence.clone(),
         question: reference.question.clone(),
         expected: reference.answer.clone(),
+        turbo_calibration: args
+            .turbo_calibration
+            .as_ref()
+            .map(|p| p.display().to_string()),
         trials_per_cell: args.trials,
         summary: summarize(&trials),
         trials,

@@ -65,6 +65,10 @@ pub struct Args {
     /// (0: the built-in pattern, as llama.cpp's own tools use)
     #[arg(long, default_value_t = 0)]
     pub turbo_seed: u32,
+    /// Calibrate the turbo types on this UTF-8 text instead of the built-in English paragraph
+    /// (its first tokens: at most the context's size, and at most 2048)
+    #[arg(long = "turbo-calibration", value_name = "FILE")]
+    pub turbo_calibration: Option<PathBuf>,
     /// Also write the statistics as JSON to this file
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -84,6 +88,9 @@ pub struct RunStats {
     pub compression_vs_f16: f64,
     pub prompt_tokens_per_second: f64,
     pub generation_tokens_per_second: f64,
+    /// With --turbo-calibration: the text the turbo types calibrated on
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turbo_calibration: Option<String>,
     pub text: String,
 }
 
@@ -109,6 +116,11 @@ pub fn run(args: Args) -> Result<()> {
     if !args.temp.is_finite() || args.temp < 0.0 {
         bail!("--temp must be a number ≥ 0");
     }
+    let calibration = args
+        .turbo_calibration
+        .as_deref()
+        .map(llama::read_calibration_text)
+        .transpose()?;
     let path = models::resolve(&args.model)?;
     let model = Model::load_with_repack(&path, args.n_gpu_layers, !args.no_repack)?;
     model.shape.check_types(types)?;
@@ -134,6 +146,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut settings = ContextSettings::new(n_ctx, types);
     settings.turbo_seed = args.turbo_seed;
+    settings.turbo_calibration = calibration.clone();
     if let Some(t) = args.threads {
         settings.threads = t;
     }
@@ -225,6 +238,10 @@ pub fn run(args: Args) -> Result<()> {
         compression_vs_f16: 16.0 / bpv,
         prompt_tokens_per_second: tokens.len() as f64 / prompt_time.as_secs_f64(),
         generation_tokens_per_second: n_generated as f64 / gen_time.as_secs_f64().max(1e-9),
+        turbo_calibration: args
+            .turbo_calibration
+            .as_ref()
+            .map(|p| p.display().to_string()),
         text: generated,
     };
     eprintln!(

@@ -8,6 +8,7 @@ pub mod logs;
 pub mod raw;
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
@@ -362,6 +363,9 @@ pub struct ContextSettings {
     pub types: KvTypes,
     /// Seed of the turbo types' random signs (0: the built-in pattern); see `llama_turbo_set_seed`.
     pub turbo_seed: u32,
+    /// The text the turbo types calibrate on, in place of the built-in English paragraph (None);
+    /// see `llama_turbo_set_calibration_text` and [`read_calibration_text`].
+    pub turbo_calibration: Option<String>,
 }
 
 impl ContextSettings {
@@ -375,8 +379,22 @@ impl ContextSettings {
             threads: default_threads(),
             types,
             turbo_seed: 0,
+            turbo_calibration: None,
         }
     }
+}
+
+/// The text of `--turbo-calibration FILE`: non-empty UTF-8 without NUL bytes (it goes to
+/// llama.cpp as a C string).
+pub fn read_calibration_text(path: &Path) -> Result<String> {
+    let text = crate::input::read_text_file(path).context("--turbo-calibration")?;
+    if let Some(at) = text.find('\0') {
+        bail!(
+            "--turbo-calibration: {} has a NUL byte at offset {at}; a calibration text is plain text",
+            path.display()
+        );
+    }
+    Ok(text)
 }
 
 pub fn default_threads() -> i32 {
@@ -493,13 +511,37 @@ pub fn new_context<'m>(
         .with_type_v(settings.types.v.to_llama())
         .with_flash_attention_policy(sys::LLAMA_FLASH_ATTN_TYPE_ENABLED);
 
+    let calibration = settings
+        .turbo_calibration
+        .as_deref()
+        .map(CString::new)
+        .transpose()
+        .map_err(|e| {
+            anyhow!(
+                "the turbo calibration text has a NUL byte at offset {}",
+                e.nul_position()
+            )
+        })?;
+
     let _one_at_a_time = CONTEXT_CREATION.lock().unwrap_or_else(|e| e.into_inner());
     let mark = logs::mark();
-    // the seed is read when the context calibrates its turbo cache, inside new_context
-    // SAFETY: sets a process-wide value; contexts are created one at a time (the lock above).
-    unsafe { sys::llama_turbo_set_seed(settings.turbo_seed) };
+    // the seed and the calibration text are read when the context calibrates its turbo cache,
+    // inside new_context; both are set back to their defaults right after
+    // SAFETY: sets process-wide values; contexts are created one at a time (the lock above).
+    // llama.cpp copies the text, which outlives the call anyway.
+    unsafe {
+        sys::llama_turbo_set_seed(settings.turbo_seed);
+        sys::llama_turbo_set_calibration_text(
+            calibration
+                .as_ref()
+                .map_or(std::ptr::null(), |c| c.as_ptr()),
+        );
+    }
     let context = model.model.new_context(backend(), params);
-    unsafe { sys::llama_turbo_set_seed(0) };
+    unsafe {
+        sys::llama_turbo_set_seed(0);
+        sys::llama_turbo_set_calibration_text(std::ptr::null());
+    }
     let context = context.map_err(|e| {
         anyhow!(
             "llama.cpp could not create a context of {} tokens with a {} cache: {e}{}",

@@ -73,6 +73,15 @@ pub struct Args {
     /// each one's mean and standard deviation over the seeds
     #[arg(long = "turbo-seeds", default_value = "0", value_delimiter = ',')]
     pub turbo_seeds: Vec<u32>,
+    /// Calibrate the turbo types on this UTF-8 text instead of the built-in English paragraph
+    /// (its first tokens: at most the context's size, and at most 2048)
+    #[arg(long = "turbo-calibration", value_name = "FILE")]
+    pub turbo_calibration: Option<PathBuf>,
+    /// Read special-token text in the scored file (a chat template's `<|im_start|>` or
+    /// `<start_of_turn>`) as those tokens, as a chat prompt is read; without it such text is
+    /// ordinary text, as llama.cpp's perplexity reads it
+    #[arg(long)]
+    pub parse_special: bool,
     /// Also write the results as JSON to this file
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -136,6 +145,12 @@ pub struct Report {
     pub model_bytes: u64,
     pub model_shape: crate::llama::ModelShape,
     pub text_file: String,
+    /// With --parse-special: special-token text in the file was read as those tokens
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub parse_special: bool,
+    /// With --turbo-calibration: the text the turbo types calibrated on
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turbo_calibration: Option<String>,
     pub ctx_size: u32,
     pub chunks: usize,
     pub tokens_scored_per_type: usize,
@@ -165,6 +180,11 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--turbo-seeds lists a seed twice: {seeds:?}");
     }
     let text = input::read_text_file(&args.file)?;
+    let calibration = args
+        .turbo_calibration
+        .as_deref()
+        .map(llama::read_calibration_text)
+        .transpose()?;
     if args.ctx_size < 16 {
         bail!(
             "-c {} is too small: a chunk needs at least 16 tokens",
@@ -192,7 +212,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let vocab = model.model.vocab();
     let add_bos = vocab.should_add_bos();
-    let tokens = vocab.tokenize(text.as_bytes(), true, false);
+    let tokens = vocab.tokenize(text.as_bytes(), true, args.parse_special);
     let n_ctx = args.ctx_size as usize;
     let available = tokens.len() / n_ctx;
     if available == 0 {
@@ -235,6 +255,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut settings = ContextSettings::new(args.ctx_size, t);
         settings.threads = threads;
         settings.turbo_seed = seed.unwrap_or(0);
+        settings.turbo_calibration = calibration.clone();
         let (ctx, size) = llama::new_context(on, &settings)?;
         runs.push(TypeRun {
             label,
@@ -360,6 +381,11 @@ pub fn run(args: Args) -> Result<()> {
         model_bytes: model.file.size,
         model_shape: model.shape.clone(),
         text_file: args.file.display().to_string(),
+        parse_special: args.parse_special,
+        turbo_calibration: args
+            .turbo_calibration
+            .as_ref()
+            .map(|p| p.display().to_string()),
         ctx_size: args.ctx_size,
         chunks,
         tokens_scored_per_type: chunks * (n_ctx - 1 - first),
@@ -380,6 +406,9 @@ pub fn run(args: Args) -> Result<()> {
         report.model, chunks, n_ctx, report.tokens_scored_per_type, threads
     );
     println!("weights: {}", describe_buffers(&report.weight_buffers));
+    if let Some(file) = &report.turbo_calibration {
+        println!("turbo types calibrated on {file}");
+    }
     if let Some(reference) = &report.reference_weight_buffers {
         println!("reference weights: {}", describe_buffers(reference));
     }
