@@ -6,19 +6,8 @@
 //! ⌈n·b/8⌉ bytes ([`packed_len`]). C code reads index i as
 //! `((bytes[k/8] | bytes[k/8+1] << 8) >> (k % 8)) & ((1 << b) - 1)` with `k = i*b`.
 
+use crate::codebook::check_bits;
 use crate::error::{check_len, Error, Result};
-
-fn check_bits(bits: u8) -> Result<()> {
-    if (1..=8).contains(&bits) {
-        Ok(())
-    } else {
-        Err(Error::InvalidBits {
-            bits,
-            min: 1,
-            max: 8,
-        })
-    }
-}
 
 /// The number of bytes that `count` indices of `bits` bits take: ⌈count·bits/8⌉ (saturating
 /// at `usize::MAX` for absurd counts).

@@ -83,7 +83,8 @@ impl Default for FitOptions {
     }
 }
 
-fn check_bits(bits: u8) -> Result<()> {
+/// The bit widths every quantizer of the crate supports, as an error otherwise.
+pub(crate) fn check_bits(bits: u8) -> Result<()> {
     if (MIN_BITS..=MAX_BITS).contains(&bits) {
         Ok(())
     } else {

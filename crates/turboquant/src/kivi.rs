@@ -24,7 +24,7 @@ use half::f16;
 
 use crate::batch::{exact_attention_output, exact_attention_scores, Shape};
 use crate::bitpack;
-use crate::codebook::{MAX_BITS, MIN_BITS};
+use crate::codebook::check_bits;
 use crate::error::{check_finite, check_len, Error, Result};
 
 /// Which full-precision window the keys keep.
@@ -85,18 +85,6 @@ pub enum KiviAxis {
     Channel,
     /// Values: one token over `group` consecutive channels.
     Token,
-}
-
-fn check_bits(bits: u8) -> Result<()> {
-    if (MIN_BITS..=MAX_BITS).contains(&bits) {
-        Ok(())
-    } else {
-        Err(Error::InvalidBits {
-            bits,
-            min: MIN_BITS,
-            max: MAX_BITS,
-        })
-    }
 }
 
 /// Checks a (heads, seq, head_dim) tensor: no zero-sized head, the right length, finite values.
